@@ -1,0 +1,44 @@
+# modelgate: `make run` starts the whole stack, `make test` runs every test.
+# Both create .venv on first use: CPU torch (the 2.13.0 wheel) first, then the pinned rest.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: run test lint fmt bench bench-quick fuzz clean help
+
+help:
+	@echo "make run    - start Redis, one worker per model replica and the gateway on :8000"
+	@echo "make test   - run the whole test suite (starts its own redis-server)"
+	@echo "make lint   - ruff and mypy --strict"
+	@echo "make bench  - throughput/latency benchmark (see bench/README.md)"
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c requirements.lock -e '.[worker,dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/modelgate up --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check contract gateway workers modelgate tests bench
+	$(VENV)/bin/ruff format --check contract gateway workers modelgate tests bench
+	$(VENV)/bin/mypy
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format contract gateway workers modelgate tests bench
+	$(VENV)/bin/ruff check --fix contract gateway workers modelgate tests bench
+
+bench: $(STAMP)
+	$(PY) -m bench.throughput
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,195 @@
+"""The models.yaml schema and its loader, shared by the gateway and the workers.
+
+The file is read with ``yaml.safe_load`` and validated by strict, frozen pydantic models: an
+unknown key, a bad value or a missing source is an error. Every problem is collected into one
+:class:`ConfigError` whose lines name the path of the offending value
+(``models[1].timeout_s: must be > 0``), so a user fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from contract.tasks import SUPPORTED_TASKS
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+"""URL-safe model names: lower case letters, digits, dot, dash and underscore."""
+
+DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
+"""Devices a worker can be placed on."""
+
+
+class ConfigError(Exception):
+    """models.yaml could not be loaded; ``problems`` holds one ``path: message`` line each."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s)\n{lines}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Source(_Strict):
+    """Where a model's files come from: exactly one of hub, path or package."""
+
+    hub: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    package: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Source:
+        given = [k for k in ("hub", "path", "package") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of hub, path or package")
+        if self.hub and not self.revision:
+            raise ValueError("a hub model needs a pinned revision (a commit hash or tag)")
+        if self.revision and not self.hub:
+            raise ValueError("revision applies only to hub models")
+        return self
+
+    def describe(self) -> str:
+        if self.hub:
+            return f"hub:{self.hub}@{self.revision}"
+        return f"path:{self.path}" if self.path else f"package:{self.package}"
+
+
+class ModelSpec(_Strict):
+    """One served model: what to load, where to run it and the limits of its API."""
+
+    name: str
+    task: str
+    source: Source
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    pooling: Literal["mean", "cls"] = "mean"
+    max_batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
+    max_batch_delay_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_inputs: Annotated[int, Field(gt=0, le=100_000)] = 64
+    max_job_inputs: Annotated[int, Field(gt=0, le=1_000_000)] = 10_000
+    max_chars: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
+    max_queue: Annotated[int, Field(gt=0)] = 10_000
+    truncation: bool = True
+    cache_ttl_s: Annotated[int, Field(ge=0)] = 3600
+    replicas: Annotated[int, Field(ge=0, le=64)] = 1
+    threads: Annotated[int, Field(gt=0, le=256)] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _url_safe(cls, v: str) -> str:
+        if not NAME_PATTERN.match(v):
+            raise ValueError("must be URL-safe: lower-case letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in SUPPORTED_TASKS:
+            raise ValueError(f"unsupported task {v!r}; one of {', '.join(sorted(SUPPORTED_TASKS))}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_PATTERN.match(v):
+            raise ValueError("must be cpu, cuda, cuda:N or auto")
+        return v
+
+
+class Registry(_Strict):
+    """Every model in one models.yaml, by name, in file order."""
+
+    models: list[ModelSpec]
+    default_model: str | None = None
+    base_dir: str = "."
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Registry:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model name(s): {', '.join(dupes)}")
+        if self.default_model is not None and self.default_model not in names:
+            raise ValueError(f"default_model {self.default_model!r} is not a model in this file")
+        return self
+
+    def get(self, name: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def __iter__(self) -> Any:
+        return iter(self.models)
+
+
+def resolve_source(spec: ModelSpec, base_dir: str | Path = ".") -> str:
+    """The argument for ``from_pretrained``: a hub id, or an absolute folder on this machine."""
+    src = spec.source
+    if src.hub:
+        return src.hub
+    if src.path:
+        path = Path(src.path)
+        return str(path if path.is_absolute() else (Path(base_dir) / path).resolve())
+    assert src.package is not None
+    package, _, inner = src.package.partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(spec.name, [f"source.package: package {package!r} is not installed"])
+    return str(Path(next(iter(found.submodule_search_locations))) / inner)
+
+
+def _format_loc(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _problems(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required"
+        elif e["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            msg = msg.replace("Input should be", "must be")
+        where = _format_loc(loc)
+        problems.append(f"{where}: {msg}" if where else msg)
+    return problems
+
+
+def parse_registry(data: Any, source: str = "models.yaml", base_dir: str = ".") -> Registry:
+    """Validate already-parsed YAML data; raise ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["top level: must be a mapping with a 'models' list"])
+    try:
+        return Registry.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as err:
+        raise ConfigError(source, _problems(err)) from None
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Read and validate a models.yaml file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(str(path), [f"cannot read file: {err.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(str(path), [f"not valid YAML: {err}"]) from None
+    return parse_registry(data, str(path), str(path.resolve().parent))

@@ -1,0 +1,1 @@
+"""The HTTP gateway: validates requests, routes them to model workers over Redis. No torch here."""

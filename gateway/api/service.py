@@ -1,0 +1,49 @@
+"""Service endpoints: ``/`` (what this is), ``/healthz`` (alive), ``/readyz`` (can serve)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from gateway.deps import DispatcherDep, RegistryDep
+from gateway.errors import GatewayError
+
+router = APIRouter(tags=["service"])
+
+VERSION = "0.1.0"
+
+
+@router.get("/")
+async def root(registry: RegistryDep) -> dict[str, Any]:
+    """Service name, version, served models and where the docs are."""
+    return {
+        "service": "modelgate",
+        "version": VERSION,
+        "models": [m.name for m in registry.models],
+        "docs": "/docs",
+        "openapi": "/openapi.json",
+    }
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive (it does not look at Redis or workers)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "Redis unreachable or a model has no worker"}})
+async def readyz(registry: RegistryDep, dispatcher: DispatcherDep) -> JSONResponse:
+    """Ready when Redis answers and every model has at least one live worker."""
+    try:
+        await dispatcher.ping()
+        live = {m.name: (await dispatcher.load(m.name)).live_workers for m in registry.models}
+    except GatewayError as err:
+        return JSONResponse(err.body(), status_code=503)
+    missing = [name for name, n in live.items() if n == 0]
+    if missing:
+        body = {"error": {"code": "not_ready", "message": f"no live worker for: {', '.join(missing)}"},
+                "models": live}
+        return JSONResponse(body, status_code=503)
+    return JSONResponse({"status": "ready", "models": live})

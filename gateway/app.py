@@ -1,0 +1,58 @@
+"""The FastAPI application: ``create_app(settings)``, and ``from_env()`` for uvicorn ``--factory``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from contract.config import Registry, load_registry
+from contract.jobs import Keys
+from contract.logs import configure_logging
+from gateway.api import models, predict, service
+from gateway.api.service import VERSION
+from gateway.dispatch import Dispatcher
+from gateway.errors import install_error_handlers
+from gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from gateway.settings import GatewaySettings
+
+DESCRIPTION = """Transformers models behind one API. Each model in models.yaml is served by its own
+worker processes; this gateway validates requests and routes them over Redis.
+Every error answers `{"error": {"code", "message"}}`."""
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    registry: Registry | None = None,
+    dispatcher: Dispatcher | None = None,
+) -> FastAPI:
+    """Build the app. Resources not given are opened in the lifespan and closed after it."""
+    registry = registry or load_registry(settings.config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if dispatcher is None:
+                app.state.dispatcher = Dispatcher(settings.redis_url, Keys(settings.prefix))
+                stack.push_async_callback(app.state.dispatcher.close)
+            yield
+
+    app = FastAPI(title="modelgate", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.dispatcher = dispatcher
+    install_error_handlers(app)
+    for module in (service, models, predict):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def from_env() -> FastAPI:
+    """Zero-argument factory for ``uvicorn --factory gateway.app:from_env``."""
+    settings = GatewaySettings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,41 @@
+"""Typed dependencies: what a route needs, resolved from the app's state."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from contract.config import ModelSpec, Registry
+from gateway.dispatch import Dispatcher
+from gateway.errors import UnknownModel
+from gateway.settings import GatewaySettings
+
+
+def get_registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    return dispatcher
+
+
+def get_settings(request: Request) -> GatewaySettings:
+    settings: GatewaySettings = request.app.state.settings
+    return settings
+
+
+def get_spec(name: str, registry: Annotated[Registry, Depends(get_registry)]) -> ModelSpec:
+    spec = registry.get(name)
+    if spec is None:
+        known = ", ".join(m.name for m in registry.models)
+        raise UnknownModel(f"no model named {name!r}; known models: {known}")
+    return spec
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
+SpecDep = Annotated[ModelSpec, Depends(get_spec)]

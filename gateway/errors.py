@@ -1,0 +1,147 @@
+"""Every error a client can meet, as one tree; each class carries its HTTP status and code.
+
+Routes raise these; one handler renders ``{"error": {"code", "message", ...}}``. Details of
+server-side failures are logged, never shown.
+
+    GatewayError
+    ├── UnknownModel            404 unknown_model
+    ├── UnknownJob              404 unknown_job
+    ├── JobNotCancelable        409 job_not_cancelable
+    ├── PayloadTooLarge         413 payload_too_large
+    ├── InvalidInput            422 invalid_input
+    ├── Overloaded              429 overloaded          (Retry-After)
+    ├── InferenceFailed         500 inference_failed
+    ├── ModelUnavailable        503 model_unavailable
+    ├── RedisUnavailable        503 redis_unavailable
+    └── InferenceTimeout        504 inference_timeout
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("modelgate.gateway")
+
+
+class GatewayError(Exception):
+    """Base of every error the API answers with."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+class UnknownModel(GatewayError):
+    status_code, code = 404, "unknown_model"
+
+
+class UnknownJob(GatewayError):
+    status_code, code = 404, "unknown_job"
+
+
+class JobNotCancelable(GatewayError):
+    status_code, code = 409, "job_not_cancelable"
+
+
+class PayloadTooLarge(GatewayError):
+    status_code, code = 413, "payload_too_large"
+
+
+class InvalidInput(GatewayError):
+    status_code, code = 422, "invalid_input"
+
+
+class Overloaded(GatewayError):
+    status_code, code = 429, "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.headers["Retry-After"] = str(retry_after_s)
+
+
+class InferenceFailed(GatewayError):
+    status_code, code = 500, "inference_failed"
+
+
+class ModelUnavailable(GatewayError):
+    status_code, code = 503, "model_unavailable"
+
+
+class RedisUnavailable(GatewayError):
+    status_code, code = 503, "redis_unavailable"
+
+
+class InferenceTimeout(GatewayError):
+    status_code, code = 504, "inference_timeout"
+
+
+class NotFound(GatewayError):
+    status_code, code = 404, "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status_code, code = 405, "method_not_allowed"
+
+
+def error_response(err: GatewayError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status_code, headers=err.headers)
+
+
+def _validation_message(err: RequestValidationError) -> tuple[str, list[str]]:
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        problems.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+    return (problems[0] if len(problems) == 1 else f"{len(problems)} problems in the request"), problems
+
+
+async def _on_gateway_error(_: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, GatewayError)
+    if err.status_code >= 500:
+        log.warning("%s: %s", err.code, err.message)
+    return error_response(err)
+
+
+async def _on_validation_error(_: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, RequestValidationError)
+    message, problems = _validation_message(err)
+    return error_response(InvalidInput(message, problems=problems))
+
+
+async def _on_http_error(_: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, StarletteHTTPException)
+    if err.status_code == 405:
+        return error_response(MethodNotAllowed("method not allowed on this path"))
+    if err.status_code == 413:
+        return error_response(PayloadTooLarge("request body is too large"))
+    if err.status_code == 404:
+        return error_response(NotFound("no such path; see /docs for the API"))
+    generic = GatewayError(str(err.detail))
+    generic.status_code, generic.code = err.status_code, "http_error"
+    return error_response(generic)
+
+
+async def _on_unexpected(_: Request, err: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=err)
+    return error_response(GatewayError("internal error; see the gateway's log"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(GatewayError, _on_gateway_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,12 @@
+"""The gateway's environment settings."""
+
+from __future__ import annotations
+
+from contract.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    """``MODELGATE_*`` variables of the gateway process, on top of the common ones."""
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body accepted (413 above)."""

@@ -1,0 +1,3 @@
+from modelgate.cli import main
+
+raise SystemExit(main())

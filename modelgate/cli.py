@@ -1,0 +1,105 @@
+"""The ``modelgate`` command line. Subcommands import their heavy parts only when they run, so
+``modelgate check`` and ``modelgate gateway`` never import torch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from contract.config import ConfigError, load_registry
+
+EPILOG = """examples:
+  modelgate up                         Redis + one worker per model replica + gateway on :8000
+  modelgate check models.yaml          validate a models.yaml and list its models
+  modelgate worker --model minilm      one worker process (Redis from REDIS_URL)
+  modelgate gateway --port 8000        the HTTP gateway alone (Redis from REDIS_URL)
+
+environment: MODELGATE_CONFIG (models.yaml path), REDIS_URL (redis:// or rediss://, with
+password if any), MODELGATE_PREFIX (key namespace), MODELGATE_LOG_FORMAT (text|json)."""
+
+
+def _config_default() -> str:
+    return os.environ.get("MODELGATE_CONFIG", "models.yaml")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        registry = load_registry(args.file)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK, {len(registry.models)} model(s)")
+    for m in registry.models:
+        print(f"  {m.name}: {m.task} from {m.source.describe()} on {m.device} x{m.replicas}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from modelgate.stack import Stack
+
+    try:
+        registry = load_registry(args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    stack = Stack(registry, args.config, host=args.host, port=args.port,
+                  redis_url=os.environ.get("REDIS_URL"), log_format=args.log_format)
+    return stack.run()
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    os.environ["MODELGATE_CONFIG"] = args.config
+    os.environ["MODELGATE_LOG_FORMAT"] = args.log_format
+    try:
+        load_registry(args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    uvicorn.run("gateway.app:from_env", factory=True, host=args.host, port=args.port,
+                log_level="warning", timeout_graceful_shutdown=args.graceful_timeout)
+    return 0
+
+
+def cmd_worker(argv: list[str]) -> int:
+    from workers.main import main as worker_main
+
+    return worker_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelgate",
+        description="A multi-model inference gateway for Hugging Face transformers models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = sub.add_parser("check", help="validate a models.yaml file")
+    check.add_argument("file", nargs="?", default=_config_default(), help="path (default: models.yaml)")
+    check.set_defaults(func=cmd_check)
+    for name, help_text in (("up", "run Redis, workers and gateway; Ctrl-C stops all"),
+                            ("gateway", "run the HTTP gateway only")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", default=_config_default(), help="models.yaml path")
+        p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+        p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+        p.add_argument("--log-format", choices=["text", "json"],
+                       default=os.environ.get("MODELGATE_LOG_FORMAT", "text"), help="log line format")
+        p.set_defaults(func=cmd_up if name == "up" else cmd_gateway)
+        if name == "gateway":
+            p.add_argument("--graceful-timeout", type=int, default=30,
+                           help="seconds in-flight requests get to finish on SIGTERM (default 30)")
+    sub.add_parser("worker", help="run one model worker (see `modelgate worker --help`)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        return cmd_worker(argv[1:])
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

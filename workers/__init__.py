@@ -1,0 +1,1 @@
+"""The worker process: one preloaded transformers pipeline serving its model's RQ queue."""

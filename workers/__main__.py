@@ -1,0 +1,5 @@
+"""``python -m workers --model NAME``: the same as ``modelgate worker``."""
+
+from workers.main import main
+
+raise SystemExit(main())

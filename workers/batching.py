@@ -1,0 +1,217 @@
+"""The batching worker: RQ's SimpleWorker, taking many jobs per model call.
+
+RQ runs one job per ``execute_job``. This worker, handed one job, drains more from the same queue
+(LMOVE into the queue's intermediate list, exactly as RQ's own dequeue does) until the batch holds
+``max_batch_size`` inputs or ``max_batch_delay_ms`` has passed, runs them with as few pipeline
+calls as possible, and finalizes each job with its own result. The bookkeeping RQ does per job
+(execution records, started registry, status, result stream) is written for the whole batch in
+one Redis pipeline before and one after, instead of several round trips per job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.timeouts import JobTimeoutException
+from rq.utils import now
+from rq.worker import SimpleWorker, WorkerStatus
+
+from contract.jobs import ERROR_META_KEY, Keys
+from workers.tasks import Engine, InferenceError, Outcome, run_jobs
+
+
+BLOCKING_WAIT_MIN_S = 0.2
+"""Below this, waiting for more jobs polls; above, it blocks in BLMOVE."""
+
+POLL_INTERVAL_S = 0.0005
+"""Poll step while a batch waits ``max_batch_delay_ms`` for more jobs."""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How large a batch may grow and how long the first job may wait for company."""
+
+    max_size: int = 32
+    max_delay_ms: float = 0.0
+    timeout_s: float = 30.0
+
+
+class BatchingWorker(SimpleWorker):
+    """A SimpleWorker (no fork: the preloaded model stays) that executes jobs in batches."""
+
+    def __init__(
+        self,
+        queues: list[Queue],
+        *,
+        engine: Engine,
+        policy: BatchPolicy,
+        keys: Keys,
+        model: str,
+        on_batch: Callable[[int], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(queues, **kwargs)
+        self.engine = engine
+        self.policy = policy
+        self.keys = keys
+        self.model = model
+        self.on_batch = on_batch
+        self.busy_since: float | None = None
+
+    def _install_signal_handlers(self) -> None:
+        # Under `modelgate up` the terminal's Ctrl-C reaches the whole process group; the
+        # supervisor follows it with SIGTERM, and RQ would treat that second signal as a cold
+        # (mid-batch) stop. So a supervised worker leaves SIGINT to its supervisor.
+        super()._install_signal_handlers()
+        if os.environ.get("MODELGATE_SUPERVISED"):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self.busy_since = time.monotonic()
+        try:
+            jobs = self._collect(job, queue)
+            executions = self._start(jobs, queue)
+            outcomes = self._run(jobs)
+            self._finish(jobs, executions, outcomes, queue)
+        finally:
+            self.busy_since = None
+            self.set_state(WorkerStatus.IDLE)
+
+    def _items(self, jobs: list[Job]) -> int:
+        total = 0
+        for job in jobs:
+            try:
+                inputs = job.kwargs.get("inputs")
+            except Exception:  # an undecodable job still counts once; run_jobs fails it
+                inputs = None
+            total += len(inputs) if isinstance(inputs, list) else 1
+        return total
+
+    def _collect(self, first: Job, queue: Queue) -> list[Job]:
+        jobs = [first]
+        deadline = time.monotonic() + self.policy.max_delay_ms / 1000
+        while (room := self.policy.max_size - self._items(jobs)) > 0:
+            ids = self._drain_ids(queue, room, deadline)
+            if not ids:
+                break
+            fetched = Job.fetch_many(ids, connection=self.connection, serializer=self.serializer)
+            for job_id, job in zip(ids, fetched, strict=True):
+                if job is None:
+                    # Expired or deleted while queued: drop it from the intermediate list.
+                    self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
+                else:
+                    jobs.append(job)
+        return jobs
+
+    def _drain_ids(self, queue: Queue, room: int, deadline: float) -> list[str]:
+        """Move up to ``room`` queued ids to the intermediate list; wait for one until ``deadline``."""
+        while True:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for _ in range(room):
+                    pipe.lmove(queue.key, queue.intermediate_queue_key)
+                ids = [i.decode() for i in pipe.execute() if i is not None]
+            wait = deadline - time.monotonic()
+            if ids or wait <= 0:
+                return ids
+            if wait < BLOCKING_WAIT_MIN_S:
+                # Redis checks blocking timeouts on its 100 ms timer, and truncates timeouts under
+                # 1 ms to "forever": short waits poll instead.
+                time.sleep(min(wait, POLL_INTERVAL_S))
+                continue
+            got = self.connection.blmove(queue.key, queue.intermediate_queue_key, round(wait, 2))
+            return [got.decode()] if got is not None else []
+
+    def _start(self, jobs: list[Job], queue: Queue) -> list[Execution]:
+        executions = []
+        with self.connection.pipeline() as pipe:
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            for job in jobs:
+                ttl = self.get_heartbeat_ttl(job)
+                execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+                self.executions[execution.id] = execution
+                executions.append(execution)
+                job.heartbeat(now(), ttl, pipeline=pipe)
+                job.prepare_for_execution(self.name, pipeline=pipe)
+                pipe.persist(job.key)
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            self.heartbeat(self.get_heartbeat_ttl(jobs[0]), pipeline=pipe)
+            pipe.execute()
+        return executions
+
+    def _run(self, jobs: list[Job]) -> list[Outcome]:
+        timeout = max(1, int(self.policy.timeout_s + 0.999))
+        started = time.perf_counter()
+        try:
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
+                outcomes = run_jobs(self.engine, jobs)
+        except JobTimeoutException:
+            err = InferenceError("inference_timeout", f"the batch ran over {timeout} s")
+            outcomes = [Outcome(error=err) for _ in jobs]
+        self.log.debug("batch of %d jobs took %.1f ms", len(jobs), 1000 * (time.perf_counter() - started))
+        return outcomes
+
+    def _finish(
+        self, jobs: list[Job], executions: list[Execution], outcomes: list[Outcome], queue: Queue
+    ) -> None:
+        ended = now()
+        done = []
+        with self.connection.pipeline() as pipe:
+            for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
+                job.ended_at = ended
+                if outcome.error is not None:
+                    continue
+                self._record_success(job, execution, outcome.value, pipe)
+                done.append(job)
+            items = self._items(jobs)
+            pipe.hincrby(self.keys.stats(self.model), "batches", 1)
+            pipe.hincrby(self.keys.stats(self.model), "jobs", len(jobs))
+            pipe.hincrby(self.keys.stats(self.model), "items", items)
+            pipe.hincrby(self.keys.stats(self.model), f"batch_size:{items}", 1)
+            pipe.execute()
+        for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
+            if outcome.error is not None:
+                self._record_failure(job, execution, outcome.error, queue)
+        for job in done:
+            self.log.info("job %s done in %s", job.id, job.ended_at - job.started_at)
+        if self.on_batch is not None:
+            self.on_batch(items)
+
+    def _record_success(self, job: Job, execution: Execution, value: Any, pipe: Any) -> None:
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        job._result = value
+        job._status = JobStatus.FINISHED
+        self.increment_successful_job_count(pipeline=pipe)
+        self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+        job._handle_success(
+            result_ttl,
+            pipeline=pipe,
+            worker_name=self.name,
+            execution_id=execution.id,
+            execution_started_at=execution.created_at,
+            execution_ended_at=job.ended_at,
+        )
+        job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+        self.cleanup_execution(job, pipeline=pipe, execution=execution)
+
+    def _record_failure(
+        self, job: Job, execution: Execution, error: InferenceError, queue: Queue
+    ) -> None:
+        job.meta[ERROR_META_KEY] = {"code": error.code, "message": error.message}
+        job.save_meta()
+        job._status = JobStatus.FAILED
+        self.log.warning("job %s failed: %s", job.id, error)
+        self.handle_job_failure(
+            job=job,
+            queue=queue,
+            started_job_registry=queue.started_job_registry,
+            exc_string=str(error),
+            execution=execution,
+        )

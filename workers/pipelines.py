@@ -1,0 +1,141 @@
+"""Loading one models.yaml entry as a transformers pipeline, and calling it in batches.
+
+Hub models load with ``from_pretrained`` semantics at their pinned revision; local and packaged
+models load from their folder. Feature extraction uses :class:`SentenceEmbeddingPipeline`, which
+pools token embeddings inside the batched forward pass (with the attention mask, so padding never
+leaks into a mean) and returns one vector per input, as sentence-transformers does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import FeatureExtractionPipeline, Pipeline, pipeline
+
+from contract.config import ModelSpec, resolve_source
+
+log = logging.getLogger("modelgate.worker")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class DeviceError(RuntimeError):
+    """The configured device does not exist on this machine."""
+
+
+class SentenceEmbeddingPipeline(FeatureExtractionPipeline):
+    """Feature extraction that returns one pooled (and by default unit-length) vector per input."""
+
+    pooling = "mean"
+
+    def _sanitize_parameters(  # type: ignore[override]
+        self, truncation: bool | None = None, normalize: bool | None = None, **_: Any
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        pre = {"truncation": True if truncation is None else truncation}
+        post = {} if normalize is None else {"normalize": normalize}
+        return {"tokenize_kwargs": pre}, {}, post
+
+    def preprocess(self, inputs: Any, tokenize_kwargs: dict[str, Any] | None = None) -> Any:
+        return self.tokenizer(inputs, return_tensors="pt", **(tokenize_kwargs or {}))
+
+    def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        tokens = self.model(**model_inputs)[0]
+        if self.pooling == "cls":
+            return {"embeddings": tokens[:, 0]}
+        mask = model_inputs["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+        summed = (tokens * mask).sum(dim=1)
+        return {"embeddings": summed / mask.sum(dim=1).clamp(min=1e-9)}
+
+    def postprocess(self, model_outputs: dict[str, torch.Tensor], normalize: bool = True) -> Any:
+        emb = model_outputs["embeddings"].float()
+        if normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        return emb[0].tolist() if emb.dim() == 2 else emb.tolist()
+
+
+def resolve_device(device: str) -> str:
+    """Map a models.yaml device to a torch device, failing clearly when CUDA is missing."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} requested but CUDA is not available here")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise DeviceError(f"device {device!r} requested but only {count} CUDA device(s) exist")
+    return device
+
+
+def default_threads(replicas_on_host: int) -> int:
+    """Intra-op threads for one CPU worker: the cores divided among the workers on this host."""
+    return max(1, (os.cpu_count() or 1) // max(1, replicas_on_host))
+
+
+def fingerprint(spec: ModelSpec, location: str) -> str:
+    """What identifies the loaded weights: hub id and revision, or a hash of a folder's files."""
+    if spec.source.hub:
+        return f"{spec.source.hub}@{spec.source.revision}"
+    digest = hashlib.sha256()
+    root = Path(location)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+def to_json(value: Any) -> Any:
+    """Plain lists, dicts and floats: RQ's JSON serializer cannot store numpy or torch values."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+class PipelineEngine:
+    """One loaded pipeline, called with a batch of inputs and the request's parameters."""
+
+    def __init__(self, spec: ModelSpec, base_dir: str = ".") -> None:
+        self.spec = spec
+        self.location = resolve_source(spec, base_dir)
+        self.device = resolve_device(spec.device)
+        started = time.perf_counter()
+        log.info("loading %s (%s) from %s on %s", spec.name, spec.task, spec.source.describe(), self.device)
+        self.pipe = self._load()
+        self.load_s = time.perf_counter() - started
+        log.info("loaded %s in %.1f s", spec.name, self.load_s)
+        self.fingerprint = fingerprint(spec, self.location)
+
+    def _load(self) -> Pipeline:
+        kwargs: dict[str, Any] = {"device": self.device, "dtype": DTYPES[self.spec.dtype]}
+        if self.spec.source.revision:
+            kwargs["revision"] = self.spec.source.revision
+        if self.spec.task == "feature-extraction":
+            kwargs["pipeline_class"] = SentenceEmbeddingPipeline
+        pipe = pipeline(self.spec.task, model=self.location, **kwargs)
+        if isinstance(pipe, SentenceEmbeddingPipeline):
+            pipe.pooling = self.spec.pooling
+        return pipe
+
+    def __call__(self, inputs: list[str], params: dict[str, Any]) -> list[Any]:
+        batch = min(len(inputs), self.spec.max_batch_size)
+        out = self.pipe(inputs, batch_size=batch, truncation=self.spec.truncation, **params)
+        if self.spec.task == "text-classification" and "top_k" not in params:
+            out = [o[0] if isinstance(o, list) else o for o in out]
+        return to_json(out)
+
+    def warm_up(self) -> float:
+        started = time.perf_counter()
+        self(["modelgate warm-up"], {})
+        return time.perf_counter() - started

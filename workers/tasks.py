@@ -1,0 +1,124 @@
+"""Turning a batch of RQ jobs into pipeline calls, one outcome per job.
+
+Jobs are checked before anything runs: the function must be on the allowlist, the payload must
+parse, and the caller's deadline must not have passed. Valid jobs that share parameters become
+one batched call. If that call raises, each job is re-run alone, so one poisoned input fails
+only its own job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from contract.jobs import (
+    ALLOWED_FUNCS,
+    ERR_BAD_PAYLOAD,
+    ERR_DEADLINE_EXCEEDED,
+    ERR_FORBIDDEN_FUNC,
+    ERR_INFERENCE_FAILED,
+    JobPayload,
+)
+
+log = logging.getLogger("modelgate.worker")
+
+Engine = Callable[[list[str], dict[str, Any]], list[Any]]
+"""Runs one batched pipeline call: inputs and parameters in, one JSON value per input out."""
+
+
+class JobLike(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def func_name(self) -> str: ...
+    @property
+    def kwargs(self) -> dict[str, Any]: ...
+
+
+class InferenceError(Exception):
+    """A job that cannot produce a result; ``code`` is the stable machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+@dataclass
+class Outcome:
+    """What happened to one job: its return value, or the error that failed it."""
+
+    value: list[Any] | None = None
+    error: InferenceError | None = None
+
+
+def _admit(job: JobLike, now: float) -> JobPayload:
+    if job.func_name not in ALLOWED_FUNCS:
+        # Never import or call what a job names: anyone who can write to Redis could choose it.
+        raise InferenceError(ERR_FORBIDDEN_FUNC, f"job function {job.func_name!r} is not allowed")
+    try:
+        payload = JobPayload.from_kwargs(job.kwargs)
+    except (ValueError, TypeError) as err:
+        raise InferenceError(ERR_BAD_PAYLOAD, str(err)) from None
+    if payload.deadline is not None and payload.deadline < now:
+        raise InferenceError(ERR_DEADLINE_EXCEEDED, "the caller's deadline passed before the job ran")
+    return payload
+
+
+def _call_alone(engine: Engine, payload: JobPayload, job_id: str) -> Outcome:
+    try:
+        return Outcome(value=engine(payload.inputs, payload.parameters))
+    except Exception as err:
+        log.exception("job %s failed (request %s)", job_id, payload.request_id or "-")
+        return Outcome(error=InferenceError(ERR_INFERENCE_FAILED, _safe_message(err)))
+
+
+def _safe_message(err: Exception) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return f"the model failed on this input ({type(err).__name__}: {text[:200]})"
+
+
+def run_jobs(engine: Engine, jobs: Sequence[JobLike], now: float | None = None) -> list[Outcome]:
+    """Run ``jobs`` with as few engine calls as possible; one Outcome per job, in order."""
+    now = time.time() if now is None else now
+    outcomes: list[Outcome] = [Outcome() for _ in jobs]
+    groups: dict[str, list[tuple[int, JobPayload]]] = {}
+    for i, job in enumerate(jobs):
+        try:
+            payload = _admit(job, now)
+        except InferenceError as err:
+            outcomes[i].error = err
+            continue
+        key = json.dumps(payload.parameters, sort_keys=True)
+        groups.setdefault(key, []).append((i, payload))
+    for members in groups.values():
+        _run_group(engine, jobs, members, outcomes)
+    return outcomes
+
+
+def _run_group(
+    engine: Engine,
+    jobs: Sequence[JobLike],
+    members: list[tuple[int, JobPayload]],
+    outcomes: list[Outcome],
+) -> None:
+    inputs = [text for _, p in members for text in p.inputs]
+    try:
+        values = engine(inputs, members[0][1].parameters)
+    except Exception:
+        if len(members) == 1 and len(inputs) == 1:
+            i, payload = members[0]
+            outcomes[i] = _call_alone(engine, payload, jobs[i].id)
+            return
+        log.warning("batched call of %d jobs failed; re-running each alone", len(members))
+        for i, payload in members:
+            outcomes[i] = _call_alone(engine, payload, jobs[i].id)
+        return
+    start = 0
+    for i, payload in members:
+        outcomes[i].value = values[start : start + len(payload.inputs)]
+        start += len(payload.inputs)
