@@ -43,6 +43,10 @@ class Keys:
         """Hash describing one worker (model, device, fingerprint, pid, host)."""
         return f"{self.prefix}:worker:{worker}"
 
+    def fingerprints(self, model: str) -> str:
+        """Hash of worker name to the fingerprint of the weights it serves."""
+        return f"{self.prefix}:fingerprints:{model}"
+
     def stats(self, model: str) -> str:
         """Hash of counters a model's workers keep (jobs, items, batches)."""
         return f"{self.prefix}:stats:{model}"
@@ -56,6 +60,7 @@ class JobPayload:
     parameters: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None
     request_id: str = ""
+    cache_ttl_s: int = 0
 
     def to_kwargs(self) -> dict[str, Any]:
         return {
@@ -63,6 +68,7 @@ class JobPayload:
             "parameters": self.parameters,
             "deadline": self.deadline,
             "request_id": self.request_id,
+            "cache_ttl_s": self.cache_ttl_s,
         }
 
     @classmethod
@@ -79,7 +85,18 @@ class JobPayload:
             parameters=params,
             deadline=float(deadline) if deadline is not None else None,
             request_id=str(kwargs.get("request_id") or ""),
+            cache_ttl_s=max(0, int(kwargs.get("cache_ttl_s") or 0)),
         )
+
+
+def job_result(outputs: list[Any], fingerprint: str, inference_ms: float, batch_items: int) -> dict[str, Any]:
+    """A predict job's return value, as RQ stores it in the job's result stream."""
+    return {
+        "outputs": outputs,
+        "fingerprint": fingerprint,
+        "inference_ms": round(inference_ms, 3),
+        "batch_items": batch_items,
+    }
 
 
 ERROR_META_KEY = "error"

@@ -10,10 +10,13 @@ from fastapi import FastAPI
 from contract.config import Registry, load_registry
 from contract.jobs import Keys
 from contract.logs import configure_logging
-from gateway.api import models, predict, service
+from gateway.api import jobs, models, predict, service
 from gateway.api.service import VERSION
+from gateway.cache import ResponseCache
 from gateway.dispatch import Dispatcher
 from gateway.errors import install_error_handlers
+from gateway.inference import Inference
+from gateway.jobs import JobStore
 from gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from gateway.settings import GatewaySettings
 
@@ -35,20 +38,28 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             if dispatcher is None:
-                app.state.dispatcher = Dispatcher(settings.redis_url, Keys(settings.prefix))
-                stack.push_async_callback(app.state.dispatcher.close)
+                opened = Dispatcher(settings.redis_url, Keys(settings.prefix))
+                stack.push_async_callback(opened.close)
+                _attach(app, opened, settings)
             yield
 
     app = FastAPI(title="modelgate", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
-    app.state.dispatcher = dispatcher
+    if dispatcher is not None:
+        _attach(app, dispatcher, settings)
     install_error_handlers(app)
-    for module in (service, models, predict):
+    for module in (service, models, predict, jobs):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _attach(app: FastAPI, dispatcher: Dispatcher, settings: GatewaySettings) -> None:
+    app.state.dispatcher = dispatcher
+    app.state.inference = Inference(dispatcher, ResponseCache(dispatcher.conn, settings.prefix))
+    app.state.jobs = JobStore(dispatcher, settings.job_ttl_s)
 
 
 def from_env() -> FastAPI:

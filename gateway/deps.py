@@ -9,6 +9,8 @@ from fastapi import Depends, Request
 from contract.config import ModelSpec, Registry
 from gateway.dispatch import Dispatcher
 from gateway.errors import UnknownModel
+from gateway.inference import Inference
+from gateway.jobs import JobStore
 from gateway.settings import GatewaySettings
 
 
@@ -20,6 +22,16 @@ def get_registry(request: Request) -> Registry:
 def get_dispatcher(request: Request) -> Dispatcher:
     dispatcher: Dispatcher = request.app.state.dispatcher
     return dispatcher
+
+
+def get_inference(request: Request) -> Inference:
+    inference: Inference = request.app.state.inference
+    return inference
+
+
+def get_job_store(request: Request) -> JobStore:
+    store: JobStore = request.app.state.jobs
+    return store
 
 
 def get_settings(request: Request) -> GatewaySettings:
@@ -39,3 +51,5 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 SpecDep = Annotated[ModelSpec, Depends(get_spec)]
+InferenceDep = Annotated[Inference, Depends(get_inference)]
+JobStoreDep = Annotated[JobStore, Depends(get_job_store)]

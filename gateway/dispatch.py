@@ -27,9 +27,10 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.results import Result
 from rq.serializers import JSONSerializer
+from rq.utils import now as rq_now
 
 from contract.config import ModelSpec
-from contract.jobs import ERROR_META_KEY, PREDICT_FUNC, JobPayload, Keys
+from contract.jobs import ERROR_META_KEY, PREDICT_FUNC, JobPayload, Keys, job_result
 from gateway.errors import (
     GatewayError,
     InferenceFailed,
@@ -42,7 +43,15 @@ from gateway.errors import (
 _LIVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-return {redis.call('ZCOUNT', KEYS[1], now, '+inf'), redis.call('LLEN', KEYS[2])}
+local names = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+local fps = {}
+if #names > 0 then fps = redis.call('HMGET', KEYS[3], unpack(names)) end
+return {#names, redis.call('LLEN', KEYS[2]), fps}
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 _LIVE_NAMES = """
@@ -62,10 +71,16 @@ ERROR_CODES_BY_WORKER_CODE: dict[str, type[GatewayError]] = {
 
 @dataclass(frozen=True)
 class ModelLoad:
-    """A model's live workers and queued jobs, as Redis sees them now."""
+    """A model's live workers, queued jobs and the weights its live workers serve."""
 
     live_workers: int
     queue_depth: int
+    fingerprints: frozenset[str] = frozenset()
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The one fingerprint all live workers share; None while they differ (a rollout)."""
+        return next(iter(self.fingerprints)) if len(self.fingerprints) == 1 else None
 
 
 @contextlib.contextmanager
@@ -96,6 +111,7 @@ class Dispatcher:
         self.blocking = aredis.Redis.from_url(redis_url, socket_timeout=None, max_connections=4096, **common)
         self._live = self.conn.register_script(_LIVE)
         self._live_names = self.conn.register_script(_LIVE_NAMES)
+        self._release = self.conn.register_script(_RELEASE)
 
     async def close(self) -> None:
         await self.conn.aclose()
@@ -107,9 +123,10 @@ class Dispatcher:
             return bool(await self.conn.ping())
 
     async def load(self, model: str) -> ModelLoad:
+        keys = [self.keys.presence(model), self._queue_key(model), self.keys.fingerprints(model)]
         async with _aredis_errors():
-            live, depth = await self._live(keys=[self.keys.presence(model), self._queue_key(model)])
-        return ModelLoad(int(live), int(depth))
+            live, depth, fps = await self._live(keys=keys)
+        return ModelLoad(int(live), int(depth), frozenset(f.decode() for f in fps if f))
 
     async def workers(self, model: str) -> list[dict[str, str]]:
         async with _aredis_errors():
@@ -126,38 +143,102 @@ class Dispatcher:
     def _queue_key(self, model: str) -> str:
         return Queue.redis_queue_namespace_prefix + self.keys.queue(model)
 
-    async def admit(self, spec: ModelSpec) -> None:
+    async def admit(self, spec: ModelSpec) -> ModelLoad:
         """Refuse at once what no worker would serve soon: no live worker, or a full queue."""
         load = await self.load(spec.name)
         if load.live_workers == 0:
             raise ModelUnavailable(f"no live worker serves model {spec.name!r}; try again later")
         if load.queue_depth >= spec.max_queue:
             raise Overloaded(f"model {spec.name!r} has {load.queue_depth} jobs queued", retry_after_s=1)
+        return load
 
-    async def submit(self, spec: ModelSpec, payload: JobPayload) -> str:
-        job_id = uuid.uuid4().hex
+    async def submit(
+        self,
+        spec: ModelSpec,
+        payload: JobPayload,
+        *,
+        job_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+        result_ttl_s: int = RESULT_TTL_S,
+    ) -> str:
+        job_id = job_id or uuid.uuid4().hex
         async with _aredis_errors():
-            await to_thread.run_sync(self._enqueue, spec, payload, job_id)
+            await to_thread.run_sync(self._enqueue, spec, payload, job_id, meta or {}, result_ttl_s)
         return job_id
 
-    def _enqueue(self, spec: ModelSpec, payload: JobPayload, job_id: str) -> None:
+    async def submit_once(
+        self, spec: ModelSpec, payload: JobPayload, flight: str | None
+    ) -> tuple[str, bool]:
+        """Submit, unless a job for exactly this work is in flight: then share it.
+        Returns the job id and whether this call owns the job."""
+        job_id = uuid.uuid4().hex
+        if flight is not None:
+            async with _aredis_errors():
+                won = await self.conn.set(flight, job_id, nx=True, ex=max(1, int(spec.timeout_s)))
+                existing = None if won else await self.conn.get(flight)
+            if existing:
+                return existing.decode(), False
+        try:
+            return await self.submit(spec, payload, job_id=job_id), True
+        except GatewayError:
+            if flight is not None:
+                await self.release(flight, job_id)
+            raise
+
+    async def store_finished(
+        self, spec: ModelSpec, payload: JobPayload, outputs: list[Any], meta: dict[str, Any], ttl_s: int
+    ) -> str:
+        """A job answered entirely from the cache: written straight away as finished."""
+        job_id = uuid.uuid4().hex
+        async with _aredis_errors():
+            await to_thread.run_sync(self._store_finished, spec, payload, outputs, meta, ttl_s, job_id)
+        return job_id
+
+    def _store_finished(
+        self, spec: ModelSpec, payload: JobPayload, outputs: list[Any], meta: dict[str, Any],
+        ttl_s: int, job_id: str,
+    ) -> None:
         queue = Queue(self.keys.queue(spec.name), connection=self.sync, serializer=JSONSerializer)
+        job = queue.create_job(PREDICT_FUNC, kwargs=payload.to_kwargs(), result_ttl=ttl_s,
+                               failure_ttl=ttl_s, job_id=job_id,
+                               meta={"request_id": payload.request_id, "model": spec.name, **meta})
+        job.origin = queue.name
+        job.enqueued_at = job.started_at = job.ended_at = rq_now()
+        with _redis_errors(), self.sync.pipeline() as pipe:
+            job.set_status(JobStatus.FINISHED, pipeline=pipe)
+            job.save(pipeline=pipe)
+            Result.create(job, Result.Type.SUCCESSFUL, ttl_s, return_value=job_result(
+                outputs, "cache", 0.0, 0), pipeline=pipe)
+            pipe.expire(job.key, ttl_s)
+            pipe.execute()
+
+    async def release(self, flight: str, job_id: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._release(keys=[flight], args=[job_id])
+
+    def _enqueue(
+        self, spec: ModelSpec, payload: JobPayload, job_id: str, meta: dict[str, Any], result_ttl_s: int
+    ) -> None:
+        queue = Queue(self.keys.queue(spec.name), connection=self.sync, serializer=JSONSerializer)
+        batches = max(1, -(-len(payload.inputs) // spec.max_batch_size))
+        timeout = max(1, int(spec.timeout_s * batches + 0.999))
         job = queue.create_job(
             PREDICT_FUNC,
             kwargs=payload.to_kwargs(),
-            timeout=max(1, int(spec.timeout_s + 0.999)),
-            result_ttl=RESULT_TTL_S,
-            failure_ttl=RESULT_TTL_S,
-            ttl=max(1, int(spec.timeout_s + 0.999)) + 60,
+            timeout=timeout,
+            result_ttl=result_ttl_s,
+            failure_ttl=result_ttl_s,
+            ttl=timeout + 60 if payload.deadline else None,
             job_id=job_id,
-            meta={"request_id": payload.request_id, "model": spec.name},
+            meta={"request_id": payload.request_id, "model": spec.name, **meta},
         )
         with _redis_errors(), self.sync.pipeline() as pipe:
             queue.enqueue_job(job, pipeline=pipe)
             pipe.execute()
 
-    async def wait(self, job_id: str, deadline: float) -> list[Any]:
-        """The job's outputs, or the GatewayError its failure maps to; 504 at the deadline."""
+    async def wait(self, job_id: str, deadline: float, *, owner: bool = True) -> dict[str, Any]:
+        """The job's result (see ``contract.jobs.job_result``), or the GatewayError its failure
+        maps to; 504 at the deadline."""
         remaining = deadline - time.time()
         stream = Result.get_key(job_id)
         async with _aredis_errors():
@@ -169,15 +250,17 @@ class Dispatcher:
             except TimeoutError:
                 reply = None
         if not reply:
-            await self._abandon(job_id)
+            if owner:
+                await self._abandon(job_id)
             raise InferenceTimeout(f"no result within the model's timeout ({job_id})", job_id=job_id)
         msg_id, fields = reply[0][1][0]
         result = Result.restore(job_id, msg_id.decode(), fields, connection=self.sync, serializer=JSONSerializer)
         if result.type == Result.Type.SUCCESSFUL:
-            return list(result.return_value)
-        raise await self._failure(job_id)
+            value: dict[str, Any] = result.return_value
+            return value
+        raise await self.failure(job_id)
 
-    async def _failure(self, job_id: str) -> GatewayError:
+    async def failure(self, job_id: str) -> GatewayError:
         async with _aredis_errors():
             raw = await self.conn.hget(Job.key_for(job_id), "meta")
         meta = JSONSerializer.loads(raw) if raw else {}

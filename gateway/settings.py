@@ -10,3 +10,6 @@ class GatewaySettings(CommonSettings):
 
     max_body_bytes: int = 4 * 1024 * 1024
     """Largest request body accepted (413 above)."""
+
+    job_ttl_s: int = 24 * 3600
+    """How long an async job's result or failure stays readable."""

@@ -59,7 +59,7 @@ def models_config(model_dirs: dict[str, Path]) -> dict[str, object]:
             {"name": "tiny-strict", "task": "text-classification", "source": {"path": tiny32},
              "truncation": False, "max_chars": 5000, "timeout_s": 60},
             {"name": "victim", "task": "text-classification", "source": {"path": tiny},
-             "timeout_s": 2},
+             "timeout_s": 2, "cache_ttl_s": 0},
             {"name": "ghost", "task": "text-classification", "source": {"path": tiny},
              "replicas": 0},
         ]
@@ -71,6 +71,11 @@ def config_path(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, 
     path = tmp_path_factory.mktemp("config") / "models.yaml"
     path.write_text(yaml.safe_dump(models_config(model_dirs)))
     return path
+
+
+def jobs_run(client: Redis, model: str) -> int:
+    """How many jobs the model's workers have executed (their own counter in Redis)."""
+    return int(client.hget(f"{PREFIX}:stats:{model}", "jobs") or 0)
 
 
 def process_env(redis_url: str, config: Path, **extra: str) -> dict[str, str]:

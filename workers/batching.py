@@ -10,6 +10,7 @@ one Redis pipeline before and one after, instead of several round trips per job.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -24,7 +25,8 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from contract.jobs import ERROR_META_KEY, Keys
+from contract.cache import item_key
+from contract.jobs import ERROR_META_KEY, Keys, job_result
 from workers.tasks import Engine, InferenceError, Outcome, run_jobs
 
 
@@ -55,11 +57,13 @@ class BatchingWorker(SimpleWorker):
         policy: BatchPolicy,
         keys: Keys,
         model: str,
+        fingerprint: str = "",
         on_batch: Callable[[int], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(queues, **kwargs)
         self.engine = engine
+        self.fingerprint = fingerprint
         self.policy = policy
         self.keys = keys
         self.model = model
@@ -79,8 +83,8 @@ class BatchingWorker(SimpleWorker):
         try:
             jobs = self._collect(job, queue)
             executions = self._start(jobs, queue)
-            outcomes = self._run(jobs)
-            self._finish(jobs, executions, outcomes, queue)
+            outcomes, elapsed_ms = self._run(jobs)
+            self._finish(jobs, executions, outcomes, queue, elapsed_ms)
         finally:
             self.busy_since = None
             self.set_state(WorkerStatus.IDLE)
@@ -104,8 +108,8 @@ class BatchingWorker(SimpleWorker):
                 break
             fetched = Job.fetch_many(ids, connection=self.connection, serializer=self.serializer)
             for job_id, job in zip(ids, fetched, strict=True):
-                if job is None:
-                    # Expired or deleted while queued: drop it from the intermediate list.
+                if job is None or job.get_status(refresh=False) == JobStatus.CANCELED:
+                    # Expired, deleted or canceled while queued: drop it, never run it.
                     self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
                 else:
                     jobs.append(job)
@@ -146,8 +150,10 @@ class BatchingWorker(SimpleWorker):
             pipe.execute()
         return executions
 
-    def _run(self, jobs: list[Job]) -> list[Outcome]:
-        timeout = max(1, int(self.policy.timeout_s + 0.999))
+    def _run(self, jobs: list[Job]) -> tuple[list[Outcome], float]:
+        # A batch may run as long as its longest job may (the gateway scales a large job's
+        # timeout with its size); SIGALRM takes whole seconds.
+        timeout = max(1, *(int(j.timeout or 0) for j in jobs))
         started = time.perf_counter()
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
@@ -155,22 +161,30 @@ class BatchingWorker(SimpleWorker):
         except JobTimeoutException:
             err = InferenceError("inference_timeout", f"the batch ran over {timeout} s")
             outcomes = [Outcome(error=err) for _ in jobs]
-        self.log.debug("batch of %d jobs took %.1f ms", len(jobs), 1000 * (time.perf_counter() - started))
-        return outcomes
+        elapsed_ms = 1000 * (time.perf_counter() - started)
+        self.log.debug("batch of %d jobs took %.1f ms", len(jobs), elapsed_ms)
+        return outcomes, elapsed_ms
 
     def _finish(
-        self, jobs: list[Job], executions: list[Execution], outcomes: list[Outcome], queue: Queue
+        self,
+        jobs: list[Job],
+        executions: list[Execution],
+        outcomes: list[Outcome],
+        queue: Queue,
+        elapsed_ms: float,
     ) -> None:
         ended = now()
         done = []
+        items = self._items(jobs)
         with self.connection.pipeline() as pipe:
             for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
                 job.ended_at = ended
-                if outcome.error is not None:
+                if outcome.error is not None or outcome.value is None:
                     continue
-                self._record_success(job, execution, outcome.value, pipe)
+                value = job_result(outcome.value, self.fingerprint, elapsed_ms, items)
+                self._record_success(job, execution, value, pipe)
+                self._cache(outcome, pipe)
                 done.append(job)
-            items = self._items(jobs)
             pipe.hincrby(self.keys.stats(self.model), "batches", 1)
             pipe.hincrby(self.keys.stats(self.model), "jobs", len(jobs))
             pipe.hincrby(self.keys.stats(self.model), "items", items)
@@ -183,6 +197,15 @@ class BatchingWorker(SimpleWorker):
             self.log.info("job %s done in %s", job.id, job.ended_at - job.started_at)
         if self.on_batch is not None:
             self.on_batch(items)
+
+    def _cache(self, outcome: Outcome, pipe: Any) -> None:
+        """Store each computed item in the response cache, in the same round trip as results."""
+        payload = outcome.payload
+        if payload is None or payload.cache_ttl_s <= 0 or not self.fingerprint or outcome.value is None:
+            return
+        for text, output in zip(payload.inputs, outcome.value, strict=True):
+            key = item_key(self.keys.prefix, self.model, self.fingerprint, payload.parameters, text)
+            pipe.set(key, json.dumps(output), ex=payload.cache_ttl_s)
 
     def _record_success(self, job: Job, execution: Execution, value: Any, pipe: Any) -> None:
         result_ttl = job.get_result_ttl(self.default_result_ttl)

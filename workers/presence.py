@@ -29,7 +29,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
@@ -60,8 +61,18 @@ class Presence:
     def renew(self) -> None:
         fields = [x for kv in self.info.items() for x in kv]
         self._script(
-            keys=[self.keys.presence(self.model), self.keys.worker_info(self.worker_name)],
-            args=[self.worker_name, PRESENCE_TTL_S, int(PRESENCE_TTL_S) + 60, *fields],
+            keys=[
+                self.keys.presence(self.model),
+                self.keys.worker_info(self.worker_name),
+                self.keys.fingerprints(self.model),
+            ],
+            args=[
+                self.worker_name,
+                PRESENCE_TTL_S,
+                int(PRESENCE_TTL_S) + 60,
+                self.info.get("fingerprint", ""),
+                *fields,
+            ],
         )
 
     def start(self) -> None:
@@ -85,6 +96,7 @@ class Presence:
         try:
             self.connection.zrem(self.keys.presence(self.model), self.worker_name)
             self.connection.delete(self.keys.worker_info(self.worker_name))
+            self.connection.hdel(self.keys.fingerprints(self.model), self.worker_name)
         except RedisError:
             pass
 

@@ -8,13 +8,13 @@ only its own job.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from contract.cache import params_key
 from contract.jobs import (
     ALLOWED_FUNCS,
     ERR_BAD_PAYLOAD,
@@ -54,6 +54,7 @@ class Outcome:
 
     value: list[Any] | None = None
     error: InferenceError | None = None
+    payload: JobPayload | None = None
 
 
 def _admit(job: JobLike, now: float) -> JobPayload:
@@ -93,8 +94,8 @@ def run_jobs(engine: Engine, jobs: Sequence[JobLike], now: float | None = None) 
         except InferenceError as err:
             outcomes[i].error = err
             continue
-        key = json.dumps(payload.parameters, sort_keys=True)
-        groups.setdefault(key, []).append((i, payload))
+        outcomes[i].payload = payload
+        groups.setdefault(params_key(payload.parameters), []).append((i, payload))
     for members in groups.values():
         _run_group(engine, jobs, members, outcomes)
     return outcomes
@@ -113,10 +114,12 @@ def _run_group(
         if len(members) == 1 and len(inputs) == 1:
             i, payload = members[0]
             outcomes[i] = _call_alone(engine, payload, jobs[i].id)
+            outcomes[i].payload = payload
             return
         log.warning("batched call of %d jobs failed; re-running each alone", len(members))
         for i, payload in members:
             outcomes[i] = _call_alone(engine, payload, jobs[i].id)
+            outcomes[i].payload = payload
         return
     start = 0
     for i, payload in members:

@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
-import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request, Response
 
-from contract.jobs import JobPayload
 from gateway.api.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
-from gateway.deps import DispatcherDep, SpecDep
+from gateway.cache import CacheMode
+from gateway.deps import InferenceDep, SpecDep
 from gateway.validation import check_parameters, normalize_inputs
 
 router = APIRouter(tags=["inference"])
 
+CacheControl = Annotated[str | None, Header(description="no-cache: recompute; no-store: no cache at all")]
+
 
 @router.post("/models/{name}/predict", response_model=PredictResponse, responses=ERROR_RESPONSES)
-async def predict(body: PredictRequest, spec: SpecDep, dispatcher: DispatcherDep, request: Request) -> PredictResponse:
-    """Run the model on ``inputs`` and wait for the result (up to the model's ``timeout_s``)."""
+async def predict(
+    body: PredictRequest,
+    spec: SpecDep,
+    inference: InferenceDep,
+    request: Request,
+    response: Response,
+    cache_control: CacheControl = None,
+) -> PredictResponse:
+    """Run the model on ``inputs`` and wait for the result (up to the model's ``timeout_s``).
+    Items already in the response cache are not recomputed (``X-Cache: hit | partial | miss``)."""
     inputs, single = normalize_inputs(spec, body.inputs, spec.max_inputs)
     params = check_parameters(spec, body.parameters)
-    deadline = time.time() + spec.timeout_s
-    await dispatcher.admit(spec)
-    payload = JobPayload(inputs, params, deadline, request.state.request_id)
-    job_id = await dispatcher.submit(spec, payload)
-    outputs = await dispatcher.wait(job_id, deadline)
-    return PredictResponse(model=spec.name, outputs=outputs[0] if single else outputs)
+    result = await inference.predict(
+        spec, inputs, params, request_id=request.state.request_id,
+        mode=CacheMode.from_header(cache_control),
+    )
+    response.headers["X-Cache"] = result.cache
+    if "inference_ms" in result.timings:
+        response.headers["X-Inference-Time-Ms"] = f"{result.timings['inference_ms']:.1f}"
+    return PredictResponse(model=spec.name, outputs=result.outputs[0] if single else result.outputs)

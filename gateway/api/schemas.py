@@ -28,6 +28,31 @@ class PredictResponse(BaseModel):
     outputs: Any
 
 
+class JobAccepted(BaseModel):
+    """A queued job: poll ``status_url`` for its state."""
+
+    job_id: str
+    status: str
+    status_url: str
+
+
+class JobState(BaseModel):
+    """Where a job stands. ``outputs`` once finished (shaped as /predict's), ``error`` once failed,
+    ``position`` in the model's queue while queued."""
+
+    job_id: str
+    model: str | None
+    status: str = Field(description="queued | started | finished | failed | canceled")
+    created_at: str | None = None
+    enqueued_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    position: int | None = None
+    outputs: Any = None
+    error: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+
+
 class ErrorBody(BaseModel):
     code: str = Field(description="stable machine-readable code")
     message: str = Field(description="what went wrong, for a person")

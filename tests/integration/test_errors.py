@@ -118,7 +118,7 @@ def test_job_over_timeout_is_504(stack: Stack) -> None:
         assert post(stack, "victim", {"inputs": "x"}).status_code == 200
         worker.proc.send_signal(signal.SIGSTOP)  # a worker that stops making progress
         started = time.monotonic()
-        r = post(stack, "victim", {"inputs": "x"})
+        r = post(stack, "victim", {"inputs": "not cached yet"})
         elapsed = time.monotonic() - started
         assert r.status_code == 504 and error_of(r) == "inference_timeout"
         assert 1.5 <= elapsed < 6  # victim's timeout_s is 2

@@ -1,0 +1,76 @@
+"""The gateway's side of the response cache: per-item lookups, and the client's cache controls.
+
+Workers write entries (in the same round trip as the job's result); the gateway reads them. A
+cache failure never fails a request: a Redis error during lookup counts as a miss.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.exceptions import RedisError
+
+from contract.cache import item_key
+
+log = logging.getLogger("modelgate.gateway")
+
+MISSING: Any = object()
+"""Marks an item the cache does not hold."""
+
+
+class CacheMode(Enum):
+    """What the request's ``Cache-Control`` allows."""
+
+    NORMAL = "normal"  # look up and store
+    REFRESH = "no-cache"  # skip the lookup, still store
+    BYPASS = "no-store"  # neither
+
+    @classmethod
+    def from_header(cls, value: str | None) -> CacheMode:
+        directives = {d.strip().lower() for d in (value or "").split(",")}
+        if "no-store" in directives:
+            return cls.BYPASS
+        if "no-cache" in directives:
+            return cls.REFRESH
+        return cls.NORMAL
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Cached outputs by position (MISSING where absent) and the texts still to compute."""
+
+    outputs: list[Any]
+    missing: list[int]
+
+    @property
+    def status(self) -> str:
+        if not self.missing:
+            return "hit"
+        return "miss" if len(self.missing) == len(self.outputs) else "partial"
+
+
+class ResponseCache:
+    """Reads per-item cache entries under one key prefix."""
+
+    def __init__(self, conn: aredis.Redis, prefix: str) -> None:
+        self.conn = conn
+        self.prefix = prefix
+
+    async def lookup(self, model: str, fingerprint: str, params: dict[str, Any], texts: list[str]) -> Lookup:
+        keys = [item_key(self.prefix, model, fingerprint, params, t) for t in texts]
+        try:
+            raw = await self.conn.mget(keys)
+        except (RedisError, OSError) as err:
+            log.warning("cache lookup failed, serving without the cache: %s", err)
+            raw = [None] * len(keys)
+        outputs = [MISSING if r is None else json.loads(r) for r in raw]
+        return Lookup(outputs, [i for i, o in enumerate(outputs) if o is MISSING])
+
+    @staticmethod
+    def miss(texts: list[str]) -> Lookup:
+        return Lookup([MISSING] * len(texts), list(range(len(texts))))

@@ -1,0 +1,101 @@
+"""One predict request end to end: cache lookup, single-flight, job, wait, merge.
+
+Only the items the cache lacks go to a worker. Identical work already in flight (from this
+gateway or another replica) is shared: the flight key in Redis names the job computing it,
+and every caller waits on that job's result stream.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from contract.cache import flight_key
+from contract.config import ModelSpec
+from contract.jobs import JobPayload
+from gateway.cache import MISSING, CacheMode, Lookup, ResponseCache
+from gateway.dispatch import Dispatcher
+
+
+@dataclass
+class Prediction:
+    """The outputs of one request and how they were obtained."""
+
+    outputs: list[Any]
+    cache: str = "miss"
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Inference:
+    """Serves predict requests through the cache and the model's workers."""
+
+    def __init__(self, dispatcher: Dispatcher, cache: ResponseCache) -> None:
+        self.dispatcher = dispatcher
+        self.cache = cache
+
+    async def _lookup(
+        self, spec: ModelSpec, inputs: list[str], params: dict[str, Any], mode: CacheMode,
+        fingerprint: str | None,
+    ) -> Lookup:
+        if fingerprint is not None and mode is CacheMode.NORMAL:
+            return await self.cache.lookup(spec.name, fingerprint, params, inputs)
+        return self.cache.miss(inputs)
+
+    async def submit_job(
+        self,
+        spec: ModelSpec,
+        inputs: list[str],
+        params: dict[str, Any],
+        *,
+        single: bool,
+        request_id: str,
+        mode: CacheMode,
+        job_ttl_s: int,
+    ) -> str:
+        """Queue an async job; one the cache answers whole is created already finished."""
+        load = await self.dispatcher.admit(spec)
+        fingerprint = load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
+        lookup = await self._lookup(spec, inputs, params, mode, fingerprint)
+        cache_ttl = spec.cache_ttl_s if fingerprint is not None else 0
+        payload = JobPayload(inputs, params, None, request_id, cache_ttl)
+        meta = {"single": single}
+        if not lookup.missing:
+            return await self.dispatcher.store_finished(spec, payload, lookup.outputs, meta, job_ttl_s)
+        return await self.dispatcher.submit(spec, payload, meta=meta, result_ttl_s=job_ttl_s)
+
+    async def predict(
+        self,
+        spec: ModelSpec,
+        inputs: list[str],
+        params: dict[str, Any],
+        *,
+        request_id: str,
+        mode: CacheMode = CacheMode.NORMAL,
+    ) -> Prediction:
+        deadline = time.time() + spec.timeout_s
+        load = await self.dispatcher.admit(spec)
+        fingerprint = load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
+        use_cache = fingerprint is not None
+        lookup = await self._lookup(spec, inputs, params, mode, fingerprint)
+        if not lookup.missing:
+            return Prediction(lookup.outputs, "hit")
+        todo = [inputs[i] for i in lookup.missing]
+        flight = None
+        if use_cache and mode is CacheMode.NORMAL:
+            assert fingerprint is not None
+            flight = flight_key(self.cache.prefix, spec.name, fingerprint, params, todo)
+        cache_ttl = spec.cache_ttl_s if use_cache else 0
+        payload = JobPayload(todo, params, deadline, request_id, cache_ttl)
+        job_id, owner = await self.dispatcher.submit_once(spec, payload, flight)
+        try:
+            result = await self.dispatcher.wait(job_id, deadline, owner=owner)
+        finally:
+            if flight is not None and owner:
+                await self.dispatcher.release(flight, job_id)
+        outputs = list(lookup.outputs)
+        for i, out in zip(lookup.missing, result["outputs"], strict=True):
+            outputs[i] = out
+        assert all(o is not MISSING for o in outputs)
+        timings = {"inference_ms": float(result.get("inference_ms", 0.0))}
+        return Prediction(outputs, lookup.status if use_cache else "miss", timings)

@@ -1,0 +1,146 @@
+"""Async jobs as clients see them: read, long-poll and cancel RQ jobs of modelgate's queues.
+
+State lives in Redis only (RQ's job hash and result stream), so a gateway restart loses
+nothing and any gateway replica answers for any job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from anyio import to_thread
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from gateway.dispatch import Dispatcher, _aredis_errors, _redis_errors
+from gateway.errors import JobNotCancelable, UnknownJob
+
+TERMINAL = {"finished", "failed", "canceled", "stopped"}
+"""Statuses after which a job never changes."""
+
+MAX_WAIT_S = 60.0
+"""Longest ``?wait=`` a client may ask for."""
+
+
+class JobStore:
+    """Reads and cancels the jobs the gateway created."""
+
+    def __init__(self, dispatcher: Dispatcher, job_ttl_s: int) -> None:
+        self.dispatcher = dispatcher
+        self.conn = dispatcher.conn
+        self.job_ttl_s = job_ttl_s
+
+    async def _hash(self, job_id: str) -> dict[str, str]:
+        if not job_id.isalnum() or len(job_id) > 64:
+            raise UnknownJob(f"no job {job_id!r} (unknown or expired)")
+        async with _aredis_errors():
+            raw = await self.conn.hmget(
+                Job.key_for(job_id),
+                ["status", "origin", "meta", "created_at", "enqueued_at", "started_at", "ended_at"],
+            )
+        fields = ["status", "origin", "meta", "created_at", "enqueued_at", "started_at", "ended_at"]
+        data = {k: v.decode() for k, v in zip(fields, raw, strict=True) if v is not None}
+        if not data.get("origin", "").startswith(self.dispatcher.keys.prefix + ":"):
+            raise UnknownJob(f"no job {job_id!r} (unknown or expired)")
+        return data
+
+    async def get(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        data = await self._hash(job_id)
+        if wait_s > 0 and data.get("status") not in TERMINAL:
+            await self._wait(job_id, min(wait_s, MAX_WAIT_S))
+            data = await self._hash(job_id)
+        return await self._describe(job_id, data)
+
+    async def _wait(self, job_id: str, wait_s: float) -> None:
+        stream = Result.get_key(job_id)
+        async with _aredis_errors():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.dispatcher.blocking.xread({stream: "0-0"}, count=1, block=int(wait_s * 1000)),
+                    timeout=wait_s + 2,
+                )
+
+    async def _describe(self, job_id: str, data: dict[str, str]) -> dict[str, Any]:
+        meta = JSONSerializer.loads(data["meta"].encode()) if data.get("meta") else {}
+        status = data.get("status", "queued")
+        body: dict[str, Any] = {
+            "job_id": job_id,
+            "model": meta.get("model"),
+            "status": status,
+            "created_at": data.get("created_at"),
+            "enqueued_at": data.get("enqueued_at"),
+            "started_at": data.get("started_at"),
+            "ended_at": data.get("ended_at"),
+        }
+        if status == "queued":
+            body["position"] = await self._position(job_id, data["origin"])
+        elif status == "finished":
+            outputs = await self._outputs(job_id)
+            body["outputs"] = outputs[0] if meta.get("single") and outputs else outputs
+        elif status in ("failed", "stopped"):
+            body["error"] = (await self.dispatcher.failure(job_id)).body()["error"]
+        if meta.get("progress"):
+            body["progress"] = meta["progress"]
+        return body
+
+    async def _position(self, job_id: str, origin: str) -> int | None:
+        """Jobs ahead of this one: 0 when a worker has already taken it for its next batch."""
+        queue_key = Queue.redis_queue_namespace_prefix + origin
+        taken_key = IntermediateQueue.get_intermediate_queue_key(queue_key)
+        async with _aredis_errors():
+            pipe = self.conn.pipeline(transaction=False)
+            pipe.lpos(taken_key, job_id)
+            pipe.llen(taken_key)
+            pipe.lpos(queue_key, job_id)
+            taken, n_taken, index = await pipe.execute()
+        if taken is not None:
+            return 0
+        return None if index is None else int(index) + int(n_taken)
+
+    async def _outputs(self, job_id: str) -> list[Any]:
+        async with _aredis_errors():
+            entries = await self.conn.xrevrange(Result.get_key(job_id), count=1)
+        if not entries:
+            raise UnknownJob(f"the result of job {job_id!r} has expired")
+        msg_id, fields = entries[0]
+        result = Result.restore(job_id, msg_id.decode(), fields, connection=self.dispatcher.sync,
+                                serializer=JSONSerializer)
+        return list(result.return_value["outputs"])
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        await self._hash(job_id)
+        outcome = await to_thread.run_sync(self._cancel, job_id)
+        if outcome not in ("canceled",):
+            raise JobNotCancelable(f"job {job_id!r} is {outcome}; only queued jobs can be canceled",
+                                   status=outcome)
+        return await self.get(job_id)
+
+    def _cancel(self, job_id: str) -> str:
+        with _redis_errors():
+            try:
+                job = Job.fetch(job_id, connection=self.dispatcher.sync, serializer=JSONSerializer)
+            except NoSuchJobError:
+                raise UnknownJob(f"no job {job_id!r} (unknown or expired)") from None
+            status = job.get_status()
+            if status == JobStatus.CANCELED:
+                return "canceled"
+            if status not in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+                return str(status.value if status else "unknown")
+            with contextlib.suppress(InvalidJobOperation):
+                job.cancel()
+            # RQ keeps a canceled job's hash without expiry; nothing may stay in Redis forever.
+            self.dispatcher.sync.expire(job.key, self.job_ttl_s)
+            return "canceled"
+
+
+def wait_param(wait: float | None) -> float:
+    if wait is None:
+        return 0.0
+    return max(0.0, min(float(wait), MAX_WAIT_S))
+
