@@ -14,6 +14,7 @@ EPILOG = """examples:
   modelgate check models.yaml          validate a models.yaml and list its models
   modelgate worker --model minilm      one worker process (Redis from REDIS_URL)
   modelgate gateway --port 8000        the HTTP gateway alone (Redis from REDIS_URL)
+  modelgate fetch                      download models.yaml's hub models (pinned revisions)
 
 environment: MODELGATE_CONFIG (models.yaml path), REDIS_URL (redis:// or rediss://, with
 password if any), MODELGATE_PREFIX (key namespace), MODELGATE_LOG_FORMAT (text|json)."""
@@ -63,6 +64,22 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from modelgate.fetch import Fetcher
+
+    try:
+        registry = load_registry(args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    fetcher = Fetcher(
+        args.cache_dir,
+        say=lambda line: print(line, flush=True),
+        warn=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    return fetcher.run(registry)
+
+
 def cmd_worker(argv: list[str]) -> int:
     from workers.main import main as worker_main
 
@@ -92,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "gateway":
             p.add_argument("--graceful-timeout", type=int, default=30,
                            help="seconds in-flight requests get to finish on SIGTERM (default 30)")
+    fetch = sub.add_parser("fetch", help="download the hub models of a models.yaml into a cache")
+    fetch.add_argument("--config", default=_config_default(), help="models.yaml path")
+    fetch.add_argument("--cache-dir", help="Hugging Face hub cache folder (default: HF_HUB_CACHE)")
+    fetch.set_defaults(func=cmd_fetch)
     sub.add_parser("worker", help="run one model worker (see `modelgate worker --help`)", add_help=False)
     return parser
 

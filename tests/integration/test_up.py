@@ -1,0 +1,92 @@
+"""`modelgate up`: the one-command stack starts, serves, and stops without leaving processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from modelgate.redis_server import free_port
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def start_up(tmp_path: Path, model_dirs: dict[str, Path], ignore_sigint: bool) -> tuple[subprocess.Popen[str], int]:
+    config = tmp_path / "models.yaml"
+    config.write_text(yaml.safe_dump({"models": [
+        {"name": "tiny", "task": "text-classification", "source": {"path": str(model_dirs["tiny"])}},
+    ]}))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MODELGATE_PREFIX")}
+
+    def preexec() -> None:
+        if ignore_sigint:  # what a non-interactive shell does to a background job
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelgate", "up", "--config", str(config), "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=preexec,
+    )
+    deadline = time.monotonic() + 120
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if "modelgate ready" in line:
+            assert f"http://127.0.0.1:{port}" in line
+            return proc, port
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("modelgate up never printed its ready line")
+
+
+@pytest.mark.parametrize(("sig", "ignore_sigint"), [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_up_serves_then_stops_everything(tmp_path: Path, model_dirs: dict[str, Path],
+                                         sig: int, ignore_sigint: bool) -> None:
+    proc, port = start_up(tmp_path, model_dirs, ignore_sigint)
+    try:
+        kids = children_of(proc.pid)
+        assert len(kids) >= 3  # redis-server, a worker, the gateway
+        r = httpx.post(f"http://127.0.0.1:{port}/models/tiny/predict", json={"inputs": "hello"}, timeout=30)
+        assert r.status_code == 200 and r.json()["outputs"]["label"] in {"negative", "positive"}
+        proc.send_signal(sig)
+        assert proc.wait(timeout=40) == 0
+        out = proc.stdout.read() if proc.stdout else ""
+        assert "modelgate: stopped" in out
+        time.sleep(0.2)
+        assert not [k for k in kids if alive(k)], "children left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
