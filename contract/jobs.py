@@ -89,12 +89,16 @@ class JobPayload:
         )
 
 
-def job_result(outputs: list[Any], fingerprint: str, inference_ms: float, batch_items: int) -> dict[str, Any]:
-    """A predict job's return value, as RQ stores it in the job's result stream."""
+def job_result(
+    outputs: list[Any], fingerprint: str, inference_ms: float, batch_items: int, queue_ms: float = 0.0
+) -> dict[str, Any]:
+    """A predict job's return value, as RQ stores it in the job's result stream. ``queue_ms`` is
+    from enqueue (gateway clock) to start (worker clock)."""
     return {
         "outputs": outputs,
         "fingerprint": fingerprint,
         "inference_ms": round(inference_ms, 3),
+        "queue_ms": round(queue_ms, 3),
         "batch_items": batch_items,
     }
 

@@ -17,7 +17,8 @@ from gateway.dispatch import Dispatcher
 from gateway.errors import install_error_handlers
 from gateway.inference import Inference
 from gateway.jobs import JobStore
-from gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from gateway.metrics import Metrics
+from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.settings import GatewaySettings
 
 DESCRIPTION = """Transformers models behind one API. Each model in models.yaml is served by its own
@@ -46,19 +47,21 @@ def create_app(
     app = FastAPI(title="modelgate", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
+    app.state.metrics = Metrics()
     if dispatcher is not None:
         _attach(app, dispatcher, settings)
     install_error_handlers(app)
     for module in (service, models, predict, jobs):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app
 
 
 def _attach(app: FastAPI, dispatcher: Dispatcher, settings: GatewaySettings) -> None:
     app.state.dispatcher = dispatcher
-    app.state.inference = Inference(dispatcher, ResponseCache(dispatcher.conn, settings.prefix))
+    cache = ResponseCache(dispatcher.conn, settings.prefix)
+    app.state.inference = Inference(dispatcher, cache, app.state.metrics)
     app.state.jobs = JobStore(dispatcher, settings.job_ttl_s)
 
 

@@ -16,6 +16,7 @@ from contract.config import ModelSpec
 from contract.jobs import JobPayload
 from gateway.cache import MISSING, CacheMode, Lookup, ResponseCache
 from gateway.dispatch import Dispatcher
+from gateway.metrics import Metrics
 
 
 @dataclass
@@ -30,9 +31,10 @@ class Prediction:
 class Inference:
     """Serves predict requests through the cache and the model's workers."""
 
-    def __init__(self, dispatcher: Dispatcher, cache: ResponseCache) -> None:
+    def __init__(self, dispatcher: Dispatcher, cache: ResponseCache, metrics: Metrics) -> None:
         self.dispatcher = dispatcher
         self.cache = cache
+        self.metrics = metrics
 
     async def _lookup(
         self, spec: ModelSpec, inputs: list[str], params: dict[str, Any], mode: CacheMode,
@@ -78,6 +80,9 @@ class Inference:
         fingerprint = load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
         use_cache = fingerprint is not None
         lookup = await self._lookup(spec, inputs, params, mode, fingerprint)
+        if use_cache:
+            hits = len(inputs) - len(lookup.missing)
+            self.metrics.observe_cache(spec.name, hits, len(lookup.missing))
         if not lookup.missing:
             return Prediction(lookup.outputs, "hit")
         todo = [inputs[i] for i in lookup.missing]
@@ -97,5 +102,6 @@ class Inference:
         for i, out in zip(lookup.missing, result["outputs"], strict=True):
             outputs[i] = out
         assert all(o is not MISSING for o in outputs)
-        timings = {"inference_ms": float(result.get("inference_ms", 0.0))}
+        timings = {k: float(result[k]) for k in ("queue_ms", "inference_ms") if k in result}
+        self.metrics.observe_job(spec.name, timings.get("queue_ms"), timings.get("inference_ms"))
         return Prediction(outputs, lookup.status if use_cache else "miss", timings)

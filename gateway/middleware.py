@@ -3,12 +3,17 @@ parsing) and the request id that follows a request into the worker's log."""
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import PayloadTooLarge, error_response
+from gateway.metrics import Metrics
+
+log = logging.getLogger("modelgate.access")
 
 
 class _TooLarge(StarletteHTTPException):
@@ -63,26 +68,43 @@ class BodyLimitMiddleware:
 REQUEST_ID_HEADER = b"x-request-id"
 
 
-class RequestIdMiddleware:
+class RequestContextMiddleware:
     """Gives every request an id (the client's ``X-Request-Id`` if sane, else a new one), keeps it
-    in ``request.state.request_id`` and echoes it on the response, errors included."""
+    in ``request.state.request_id`` and echoes it on the response, errors included; then logs
+    the request and counts it in the metrics by model, route and status."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         given = dict(scope.get("headers", [])).get(REQUEST_ID_HEADER, b"").decode("latin-1")
         request_id = given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - started, request_id)
+
+    def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        route = scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        model = scope.get("path_params", {}).get("name", "-")
+        self.metrics.observe_request(model, endpoint, status, seconds)
+        log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000,
+                 extra={"request_id": request_id, "model": model})

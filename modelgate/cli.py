@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from contract.config import ConfigError, load_registry
@@ -59,6 +60,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 1
+    # uvicorn finishes in-flight requests on SIGTERM/SIGINT, then re-raises the signal to the
+    # handler that was installed before it: this one, so a graceful stop exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     uvicorn.run("gateway.app:from_env", factory=True, host=args.host, port=args.port,
                 log_level="warning", timeout_graceful_shutdown=args.graceful_timeout)
     return 0
@@ -78,6 +83,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         warn=lambda line: print(line, file=sys.stderr, flush=True),
     )
     return fetcher.run(registry)
+
+
+def _exit_cleanly(signum: int, _: object) -> None:
+    raise SystemExit(0)
 
 
 def cmd_worker(argv: list[str]) -> int:

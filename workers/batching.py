@@ -46,6 +46,12 @@ class BatchPolicy:
     timeout_s: float = 30.0
 
 
+def _queue_ms(job: Job) -> float:
+    if job.enqueued_at is None or job.started_at is None:
+        return 0.0
+    return max(0.0, (job.started_at - job.enqueued_at).total_seconds() * 1000)
+
+
 class BatchingWorker(SimpleWorker):
     """A SimpleWorker (no fork: the preloaded model stays) that executes jobs in batches."""
 
@@ -79,6 +85,9 @@ class BatchingWorker(SimpleWorker):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        # Busy from the first moment, so a SIGTERM while the batch is still being collected
+        # waits for it (warm shutdown) instead of abandoning jobs taken from the queue.
+        self._state = WorkerStatus.BUSY
         self.busy_since = time.monotonic()
         try:
             jobs = self._collect(job, queue)
@@ -174,17 +183,15 @@ class BatchingWorker(SimpleWorker):
         elapsed_ms: float,
     ) -> None:
         ended = now()
-        done = []
         items = self._items(jobs)
         with self.connection.pipeline() as pipe:
             for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
                 job.ended_at = ended
                 if outcome.error is not None or outcome.value is None:
                     continue
-                value = job_result(outcome.value, self.fingerprint, elapsed_ms, items)
+                value = job_result(outcome.value, self.fingerprint, elapsed_ms, items, _queue_ms(job))
                 self._record_success(job, execution, value, pipe)
                 self._cache(outcome, pipe)
-                done.append(job)
             pipe.hincrby(self.keys.stats(self.model), "batches", 1)
             pipe.hincrby(self.keys.stats(self.model), "jobs", len(jobs))
             pipe.hincrby(self.keys.stats(self.model), "items", items)
@@ -193,8 +200,12 @@ class BatchingWorker(SimpleWorker):
         for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
             if outcome.error is not None:
                 self._record_failure(job, execution, outcome.error, queue)
-        for job in done:
-            self.log.info("job %s done in %s", job.id, job.ended_at - job.started_at)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if outcome.error is None:
+                request_id = outcome.payload.request_id if outcome.payload else ""
+                self.log.info("job %s done: %d inputs in a batch of %d, %.1f ms (request %s)",
+                              job.id, len(outcome.value or []), items, elapsed_ms, request_id or "-",
+                              extra={"job_id": job.id, "request_id": request_id, "model": self.model})
         if self.on_batch is not None:
             self.on_batch(items)
 

@@ -34,6 +34,7 @@ async def predict(
         mode=CacheMode.from_header(cache_control),
     )
     response.headers["X-Cache"] = result.cache
-    if "inference_ms" in result.timings:
-        response.headers["X-Inference-Time-Ms"] = f"{result.timings['inference_ms']:.1f}"
+    for key, header in (("queue_ms", "X-Queue-Time-Ms"), ("inference_ms", "X-Inference-Time-Ms")):
+        if key in result.timings:
+            response.headers[header] = f"{result.timings[key]:.1f}"
     return PredictResponse(model=spec.name, outputs=result.outputs[0] if single else result.outputs)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.deps import DispatcherDep, RegistryDep
 from gateway.errors import GatewayError
@@ -31,6 +32,14 @@ async def root(registry: RegistryDep) -> dict[str, Any]:
 async def healthz() -> dict[str, str]:
     """The process is alive (it does not look at Redis or workers)."""
     return {"status": "ok"}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request, registry: RegistryDep, dispatcher: DispatcherDep) -> PlainTextResponse:
+    """Prometheus text format: requests, latency, queue and inference time, batch sizes,
+    cache hits, queue depth and live workers per model."""
+    body = await request.app.state.metrics.render(registry, dispatcher)
+    return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/readyz", responses={503: {"description": "Redis unreachable or a model has no worker"}})

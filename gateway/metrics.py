@@ -1,0 +1,92 @@
+"""Prometheus metrics: the gateway's own, plus what workers and queues report through Redis.
+
+Workers keep counters in a per-model Redis hash (jobs, items, batches, a count per batch size);
+the gateway reads them, with queue depth and live workers, when ``/metrics`` is scraped. So one
+scrape of any gateway replica shows the whole deployment, and workers need no open port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from contract.config import Registry
+from gateway.dispatch import Dispatcher
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class DeploymentCollector(Collector):
+    """Exposes the last snapshot of queues, workers and worker counters."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, dict[str, Any]] = {}
+
+    def collect(self) -> Iterator[Any]:
+        depth = GaugeMetricFamily("modelgate_queue_depth", "jobs waiting in the model's queue", labels=["model"])
+        live = GaugeMetricFamily("modelgate_live_workers", "workers heart-beating for the model", labels=["model"])
+        jobs = CounterMetricFamily("modelgate_worker_jobs", "jobs executed by workers", labels=["model"])
+        items = CounterMetricFamily("modelgate_worker_items", "inputs run through the model", labels=["model"])
+        batch = HistogramMetricFamily("modelgate_batch_size", "inputs per batched model call", labels=["model"])
+        for model, snap in sorted(self.snapshot.items()):
+            depth.add_metric([model], snap["queue_depth"])
+            live.add_metric([model], snap["live_workers"])
+            stats: dict[str, int] = snap["stats"]
+            jobs.add_metric([model], stats.get("jobs", 0))
+            items.add_metric([model], stats.get("items", 0))
+            sizes = {int(k.split(":")[1]): v for k, v in stats.items() if k.startswith("batch_size:")}
+            buckets = [(str(b), sum(n for s, n in sizes.items() if s <= b)) for b in BATCH_BUCKETS]
+            buckets.append(("+Inf", sum(sizes.values())))
+            batch.add_metric([model], buckets, sum_value=sum(s * n for s, n in sizes.items()))
+        yield from (depth, live, jobs, items, batch)
+
+
+class Metrics:
+    """The gateway's metrics, in a registry of its own (no process-global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("modelgate_requests", "HTTP requests", ["model", "endpoint", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("modelgate_request_seconds", "request latency at the gateway",
+                                 ["model", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.queue_time = Histogram("modelgate_queue_seconds", "time a job waited for a worker",
+                                    ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.inference_time = Histogram("modelgate_inference_seconds", "batched model call time",
+                                        ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.cache = Counter("modelgate_cache_items", "response cache lookups per input item",
+                             ["model", "result"], registry=self.registry)
+        self.deployment = DeploymentCollector()
+        self.registry.register(self.deployment)
+
+    def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(model, endpoint, str(status)).inc()
+        self.latency.labels(model, endpoint).observe(seconds)
+
+    def observe_job(self, model: str, queue_ms: float | None, inference_ms: float | None) -> None:
+        if queue_ms is not None:
+            self.queue_time.labels(model).observe(max(0.0, queue_ms) / 1000)
+        if inference_ms is not None:
+            self.inference_time.labels(model).observe(inference_ms / 1000)
+
+    def observe_cache(self, model: str, hits: int, misses: int) -> None:
+        if hits:
+            self.cache.labels(model, "hit").inc(hits)
+        if misses:
+            self.cache.labels(model, "miss").inc(misses)
+
+    async def render(self, registry: Registry, dispatcher: Dispatcher) -> bytes:
+        self.deployment.snapshot = {m.name: await _snapshot(m.name, dispatcher) for m in registry.models}
+        return generate_latest(self.registry)
+
+
+async def _snapshot(model: str, dispatcher: Dispatcher) -> dict[str, Any]:
+    load = await dispatcher.load(model)
+    raw = await dispatcher.conn.hgetall(dispatcher.keys.stats(model))
+    stats = {k.decode(): int(v) for k, v in raw.items()}
+    return {"queue_depth": load.queue_depth, "live_workers": load.live_workers, "stats": stats}
