@@ -61,6 +61,7 @@ class JobPayload:
     deadline: float | None = None
     request_id: str = ""
     cache_ttl_s: int = 0
+    priority: str = "low"
 
     def to_kwargs(self) -> dict[str, Any]:
         return {
@@ -110,3 +111,5 @@ ERR_INFERENCE_FAILED = "inference_failed"
 ERR_DEADLINE_EXCEEDED = "deadline_exceeded"
 ERR_FORBIDDEN_FUNC = "forbidden_function"
 ERR_BAD_PAYLOAD = "invalid_job"
+ERR_WORKER_LOST = "worker_lost"
+ERR_INPUT_TOO_LONG = "input_too_long"

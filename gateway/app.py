@@ -12,6 +12,7 @@ from contract.jobs import Keys
 from contract.logs import configure_logging
 from gateway.api import jobs, models, predict, service
 from gateway.api.service import VERSION
+from gateway.auth import ApiKeyMiddleware, load_key_hashes
 from gateway.cache import ResponseCache
 from gateway.dispatch import Dispatcher
 from gateway.errors import install_error_handlers
@@ -54,6 +55,9 @@ def create_app(
     for module in (service, models, predict, jobs):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    hashes = load_key_hashes(settings.api_keys, settings.api_keys_file)
+    if hashes:
+        app.add_middleware(ApiKeyMiddleware, hashes=hashes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app
 

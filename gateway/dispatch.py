@@ -37,7 +37,9 @@ from gateway.errors import (
     InferenceTimeout,
     ModelUnavailable,
     Overloaded,
+    PayloadTooLarge,
     RedisUnavailable,
+    WorkerLost,
 )
 
 _LIVE = """
@@ -66,7 +68,10 @@ RESULT_TTL_S = 24 * 3600
 ERROR_CODES_BY_WORKER_CODE: dict[str, type[GatewayError]] = {
     "deadline_exceeded": InferenceTimeout,
     "inference_timeout": InferenceTimeout,
+    "input_too_long": PayloadTooLarge,
+    "worker_lost": WorkerLost,
 }
+"""Worker failure codes to the API error they surface as; any other is inference_failed."""
 
 
 @dataclass(frozen=True)
@@ -233,7 +238,7 @@ class Dispatcher:
             meta={"request_id": payload.request_id, "model": spec.name, **meta},
         )
         with _redis_errors(), self.sync.pipeline() as pipe:
-            queue.enqueue_job(job, pipeline=pipe)
+            queue.enqueue_job(job, pipeline=pipe, at_front=payload.priority == "high")
             pipe.execute()
 
     async def wait(self, job_id: str, deadline: float, *, owner: bool = True) -> dict[str, Any]:

@@ -11,7 +11,9 @@ server-side failures are logged, never shown.
     ├── InvalidInput            422 invalid_input
     ├── Overloaded              429 overloaded          (Retry-After)
     ├── InferenceFailed         500 inference_failed
+    ├── Unauthorized            401 unauthorized        (WWW-Authenticate)
     ├── ModelUnavailable        503 model_unavailable
+    ├── WorkerLost              503 worker_lost
     ├── RedisUnavailable        503 redis_unavailable
     └── InferenceTimeout        504 inference_timeout
 """
@@ -79,6 +81,18 @@ class InferenceFailed(GatewayError):
 
 class ModelUnavailable(GatewayError):
     status_code, code = 503, "model_unavailable"
+
+
+class WorkerLost(GatewayError):
+    status_code, code = 503, "worker_lost"
+
+
+class Unauthorized(GatewayError):
+    status_code, code = 401, "unauthorized"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.headers["WWW-Authenticate"] = "Bearer"
 
 
 class RedisUnavailable(GatewayError):

@@ -54,13 +54,14 @@ class Inference:
         request_id: str,
         mode: CacheMode,
         job_ttl_s: int,
+        priority: str = "low",
     ) -> str:
         """Queue an async job; one the cache answers whole is created already finished."""
         load = await self.dispatcher.admit(spec)
         fingerprint = load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
         lookup = await self._lookup(spec, inputs, params, mode, fingerprint)
         cache_ttl = spec.cache_ttl_s if fingerprint is not None else 0
-        payload = JobPayload(inputs, params, None, request_id, cache_ttl)
+        payload = JobPayload(inputs, params, None, request_id, cache_ttl, priority)
         meta = {"single": single}
         if not lookup.missing:
             return await self.dispatcher.store_finished(spec, payload, lookup.outputs, meta, job_ttl_s)
@@ -74,6 +75,7 @@ class Inference:
         *,
         request_id: str,
         mode: CacheMode = CacheMode.NORMAL,
+        priority: str = "low",
     ) -> Prediction:
         deadline = time.time() + spec.timeout_s
         load = await self.dispatcher.admit(spec)
@@ -91,7 +93,7 @@ class Inference:
             assert fingerprint is not None
             flight = flight_key(self.cache.prefix, spec.name, fingerprint, params, todo)
         cache_ttl = spec.cache_ttl_s if use_cache else 0
-        payload = JobPayload(todo, params, deadline, request_id, cache_ttl)
+        payload = JobPayload(todo, params, deadline, request_id, cache_ttl, priority)
         job_id, owner = await self.dispatcher.submit_once(spec, payload, flight)
         try:
             result = await self.dispatcher.wait(job_id, deadline, owner=owner)

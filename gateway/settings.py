@@ -13,3 +13,9 @@ class GatewaySettings(CommonSettings):
 
     job_ttl_s: int = 24 * 3600
     """How long an async job's result or failure stays readable."""
+
+    api_keys: str = ""
+    """Comma-separated SHA-256 hashes of accepted API keys; empty (and no file): no auth."""
+
+    api_keys_file: str | None = None
+    """A file of SHA-256 key hashes, one a line."""

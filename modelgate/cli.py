@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import signal
 import sys
@@ -89,6 +90,15 @@ def _exit_cleanly(signum: int, _: object) -> None:
     raise SystemExit(0)
 
 
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    key = sys.stdin.readline().strip() if args.key == "-" else args.key
+    if not key:
+        print("no key given", file=sys.stderr)
+        return 1
+    print(hashlib.sha256(key.encode("utf-8")).hexdigest())
+    return 0
+
+
 def cmd_worker(argv: list[str]) -> int:
     from workers.main import main as worker_main
 
@@ -122,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--config", default=_config_default(), help="models.yaml path")
     fetch.add_argument("--cache-dir", help="Hugging Face hub cache folder (default: HF_HUB_CACHE)")
     fetch.set_defaults(func=cmd_fetch)
+    hk = sub.add_parser("hash-key", help="print the SHA-256 hash to configure for an API key")
+    hk.add_argument("key", nargs="?", default="-", help="the key (default: read a line from stdin)")
+    hk.set_defaults(func=cmd_hash_key)
     sub.add_parser("worker", help="run one model worker (see `modelgate worker --help`)", add_help=False)
     return parser
 

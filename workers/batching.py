@@ -55,6 +55,9 @@ def _queue_ms(job: Job) -> float:
 class BatchingWorker(SimpleWorker):
     """A SimpleWorker (no fork: the preloaded model stays) that executes jobs in batches."""
 
+    # RQ backs off up to 60 s between reconnects; come back within seconds of Redis returning.
+    max_connection_wait_time = 2.0
+
     def __init__(
         self,
         queues: list[Queue],
@@ -75,6 +78,7 @@ class BatchingWorker(SimpleWorker):
         self.model = model
         self.on_batch = on_batch
         self.busy_since: float | None = None
+        self.batch_timeout_s = float(policy.timeout_s)
 
     def _install_signal_handlers(self) -> None:
         # Under `modelgate up` the terminal's Ctrl-C reaches the whole process group; the
@@ -163,6 +167,7 @@ class BatchingWorker(SimpleWorker):
         # A batch may run as long as its longest job may (the gateway scales a large job's
         # timeout with its size); SIGALRM takes whole seconds.
         timeout = max(1, *(int(j.timeout or 0) for j in jobs))
+        self.batch_timeout_s = timeout
         started = time.perf_counter()
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):

@@ -47,6 +47,7 @@ class Presence:
         worker_name: str,
         info: dict[str, str],
         healthy: Callable[[], bool] = lambda: True,
+        on_tick: Callable[[], object] | None = None,
     ) -> None:
         self.connection = connection
         self.keys = keys
@@ -54,6 +55,7 @@ class Presence:
         self.worker_name = worker_name
         self.info = {"model": model, "pid": str(os.getpid()), "host": socket.gethostname(), **info}
         self.healthy = healthy
+        self.on_tick = on_tick
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="presence", daemon=True)
         self._script = connection.register_script(_RENEW)
@@ -86,8 +88,12 @@ class Presence:
                 continue
             try:
                 self.renew()
+                if self.on_tick is not None:
+                    self.on_tick()
             except RedisError as err:
                 log.warning("presence heartbeat failed: %s", err)
+            except Exception:  # the heartbeat must outlive any bug in a tick
+                log.exception("presence tick failed")
 
     def stop(self) -> None:
         """Withdraw at once, so the gateway stops routing here before the TTL would say so."""
@@ -101,11 +107,16 @@ class Presence:
             pass
 
 
-def stuck_check(busy_since: Callable[[], float | None], limit_s: float) -> Callable[[], bool]:
-    """A ``healthy`` callable: false once the current batch has run longer than ``limit_s``."""
+STUCK_GRACE_S = 5.0
+"""How far past its own timeout a batch may run before its worker counts as hung. The timeout
+is enforced by SIGALRM; a batch still running after it is stuck where signals cannot reach."""
+
+
+def stuck_check(busy_since: Callable[[], float | None], limit_s: Callable[[], float]) -> Callable[[], bool]:
+    """A ``healthy`` callable: false once the current batch has run ``limit_s()`` + grace."""
 
     def healthy() -> bool:
         since = busy_since()
-        return since is None or time.monotonic() - since < limit_s
+        return since is None or time.monotonic() - since < limit_s() + STUCK_GRACE_S
 
     return healthy

@@ -21,6 +21,7 @@ from contract.jobs import (
     ERR_DEADLINE_EXCEEDED,
     ERR_FORBIDDEN_FUNC,
     ERR_INFERENCE_FAILED,
+    ERR_INPUT_TOO_LONG,
     JobPayload,
 )
 
@@ -57,13 +58,22 @@ class Outcome:
     payload: JobPayload | None = None
 
 
+class InputTooLong(ValueError):
+    """An input has more tokens than the model takes, and its truncation is off."""
+
+
 def _admit(job: JobLike, now: float) -> JobPayload:
-    if job.func_name not in ALLOWED_FUNCS:
-        # Never import or call what a job names: anyone who can write to Redis could choose it.
-        raise InferenceError(ERR_FORBIDDEN_FUNC, f"job function {job.func_name!r} is not allowed")
     try:
-        payload = JobPayload.from_kwargs(job.kwargs)
-    except (ValueError, TypeError) as err:
+        func_name = job.func_name
+        kwargs = job.kwargs
+    except Exception as err:  # undecodable data, e.g. a pickled job: never run, never crash
+        raise InferenceError(ERR_BAD_PAYLOAD, f"job data cannot be read as JSON ({type(err).__name__})") from None
+    if func_name not in ALLOWED_FUNCS:
+        # Never import or call what a job names: anyone who can write to Redis could choose it.
+        raise InferenceError(ERR_FORBIDDEN_FUNC, f"job function {func_name!r} is not allowed")
+    try:
+        payload = JobPayload.from_kwargs(kwargs)
+    except (ValueError, TypeError, AttributeError) as err:
         raise InferenceError(ERR_BAD_PAYLOAD, str(err)) from None
     if payload.deadline is not None and payload.deadline < now:
         raise InferenceError(ERR_DEADLINE_EXCEEDED, "the caller's deadline passed before the job ran")
@@ -73,6 +83,8 @@ def _admit(job: JobLike, now: float) -> JobPayload:
 def _call_alone(engine: Engine, payload: JobPayload, job_id: str) -> Outcome:
     try:
         return Outcome(value=engine(payload.inputs, payload.parameters))
+    except InputTooLong as err:
+        return Outcome(error=InferenceError(ERR_INPUT_TOO_LONG, str(err)))
     except Exception as err:
         log.exception("job %s failed (request %s)", job_id, payload.request_id or "-")
         return Outcome(error=InferenceError(ERR_INFERENCE_FAILED, _safe_message(err)))

@@ -34,6 +34,7 @@ async def submit_job(
     job_id = await inference.submit_job(
         spec, inputs, params, single=single, request_id=request.state.request_id,
         mode=CacheMode.from_header(cache_control), job_ttl_s=settings.job_ttl_s,
+        priority=body.priority,
     )
     url = f"/jobs/{job_id}"
     accepted = JobAccepted(job_id=job_id, status="queued", status_url=url)

@@ -31,7 +31,7 @@ async def predict(
     params = check_parameters(spec, body.parameters)
     result = await inference.predict(
         spec, inputs, params, request_id=request.state.request_id,
-        mode=CacheMode.from_header(cache_control),
+        mode=CacheMode.from_header(cache_control), priority=body.priority,
     )
     response.headers["X-Cache"] = result.cache
     for key, header in (("queue_ms", "X-Queue-Time-Ms"), ("inference_ms", "X-Inference-Time-Ms")):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
@@ -18,6 +18,9 @@ class PredictRequest(BaseModel):
     inputs: StrictStr | list[StrictStr] = Field(description="a string, or a list of strings")
     parameters: dict[str, Any] | None = Field(
         default=None, description="task parameters; each task accepts its own allowlist"
+    )
+    priority: Literal["high", "low"] = Field(
+        default="low", description="high jumps the model's queue; low (default) joins its end"
     )
 
 
@@ -88,6 +91,7 @@ class ModelInfo(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
+        401: "missing or wrong API key (only when API keys are configured)",
         404: "unknown model",
         413: "too many inputs, an input too long, or a body too large",
         422: "invalid input or parameters",

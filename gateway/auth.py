@@ -1,0 +1,64 @@
+"""API keys: off unless configured; then every endpoint but /healthz and /readyz needs
+``Authorization: Bearer <key>``.
+
+Only SHA-256 hashes of keys are configured (``MODELGATE_API_KEYS``, comma-separated, or
+``MODELGATE_API_KEYS_FILE``, one a line; ``modelgate hash-key`` makes one). A presented key is
+hashed and compared with every configured hash in constant time; keys are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.errors import Unauthorized, error_response
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+"""Probes stay reachable without a key: orchestrators call them."""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def load_key_hashes(inline: str, file: str | None) -> frozenset[str]:
+    """Configured hashes from the variable and the file; ``#`` starts a comment in the file."""
+    hashes = [h.strip().lower() for h in inline.split(",") if h.strip()]
+    if file:
+        for line in Path(file).read_text().splitlines():
+            line = line.split("#", 1)[0].strip().lower()
+            if line:
+                hashes.append(line)
+    bad = [h for h in hashes if len(h) != 64 or any(c not in "0123456789abcdef" for c in h)]
+    if bad:
+        raise ValueError(f"{len(bad)} API key hash(es) are not SHA-256 hex; use `modelgate hash-key`")
+    return frozenset(hashes)
+
+
+class ApiKeyMiddleware:
+    """Answers 401 ``unauthorized`` unless the request carries a configured key."""
+
+    def __init__(self, app: ASGIApp, hashes: frozenset[str]) -> None:
+        self.app = app
+        self.hashes = tuple(hashes)
+
+    def _allowed(self, scope: Scope) -> bool:
+        header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return False
+        presented = hash_key(key.strip())
+        matched = False
+        for known in self.hashes:  # compare with all of them: no early exit to time
+            matched |= hmac.compare_digest(presented, known)
+        return matched
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        err = Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>'")
+        await error_response(err)(scope, receive, send)

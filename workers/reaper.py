@@ -1,0 +1,116 @@
+"""Recovering jobs whose worker died, within seconds instead of RQ's minutes.
+
+A SimpleWorker killed mid-batch leaves its jobs STARTED until RQ's maintenance notices (up to
+~14 minutes by default), and a worker killed between taking jobs from the queue and starting
+them leaves them in the queue's intermediate list. Every live worker of a model runs this
+check every couple of seconds (one at a time, under a short lock): a started job whose worker
+no longer heart-beats is requeued once at the front of the queue, or failed with
+``worker_lost`` if it was requeued before; a job stuck in the intermediate list is put back.
+Failing writes RQ's failure result, so a caller waiting on the result stream wakes at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis import Redis
+from rq.exceptions import NoSuchJobError
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+
+from contract.jobs import ERROR_META_KEY, ERR_WORKER_LOST, Keys
+
+log = logging.getLogger("modelgate.worker")
+
+ORPHAN_AFTER_S = 5.0
+"""A job this long in the intermediate list has been abandoned by the worker that took it."""
+
+MAX_RECOVERIES = 1
+"""How often a job whose worker died is requeued before it fails with worker_lost."""
+
+_LIVE = """
+local t = redis.call('TIME')
+return redis.call('ZRANGEBYSCORE', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000000, '+inf')
+"""
+
+
+class Reaper:
+    """Finds and recovers one model's jobs that belong to dead workers."""
+
+    def __init__(self, connection: Redis, keys: Keys, model: str, worker_name: str) -> None:
+        self.connection = connection
+        self.keys = keys
+        self.model = model
+        self.worker_name = worker_name
+        self.queue = Queue(keys.queue(model), connection=connection, serializer=JSONSerializer)
+        self._live = connection.register_script(_LIVE)
+
+    def run_once(self) -> int:
+        """One pass; returns how many jobs it recovered. Only one worker per model at a time."""
+        lock = f"{self.keys.prefix}:reaper:{self.model}"
+        if not self.connection.set(lock, self.worker_name, nx=True, px=1500):
+            return 0
+        live = {n.decode() for n in self._live(keys=[self.keys.presence(self.model)])}
+        return self._started(live) + self._intermediate()
+
+    def _started(self, live: set[str]) -> int:
+        recovered = 0
+        registry = self.queue.started_job_registry
+        for member in self.connection.zrange(registry.key, 0, -1):
+            job_id = member.decode().split(":", 1)[0]
+            try:
+                job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+            except NoSuchJobError:
+                self.connection.zrem(registry.key, member)
+                continue
+            if job.get_status(refresh=False) != JobStatus.STARTED or job.worker_name in live:
+                continue
+            self.connection.zrem(registry.key, member)
+            self._recover(job)
+            recovered += 1
+        return recovered
+
+    def _intermediate(self) -> int:
+        key = IntermediateQueue.get_intermediate_queue_key(self.queue.key)
+        recovered = 0
+        now = time.time()
+        for raw in self.connection.lrange(key, 0, -1):
+            job_id = raw.decode()
+            seen_key = f"{self.keys.prefix}:seen:{job_id}"
+            self.connection.set(seen_key, now, nx=True, ex=300)
+            first_seen = float(self.connection.get(seen_key) or now)
+            if now - first_seen < ORPHAN_AFTER_S:
+                continue
+            with self.connection.pipeline() as pipe:
+                pipe.lrem(key, 1, job_id)
+                pipe.lpush(self.queue.key, job_id)
+                pipe.delete(seen_key)
+                pipe.execute()
+            log.warning("job %s was taken by a worker that never started it: requeued", job_id)
+            recovered += 1
+        return recovered
+
+    def _recover(self, job: Job) -> None:
+        count = int(job.meta.get("recoveries", 0))
+        if count < MAX_RECOVERIES:
+            job.meta["recoveries"] = count + 1
+            with self.connection.pipeline() as pipe:
+                job.set_status(JobStatus.QUEUED, pipeline=pipe)
+                pipe.hset(job.key, "meta", JSONSerializer.dumps(job.meta))
+                pipe.lpush(self.queue.key, job.id)
+                pipe.execute()
+            log.warning("job %s lost its worker %s: requeued", job.id, job.worker_name)
+            return
+        job.meta[ERROR_META_KEY] = {
+            "code": ERR_WORKER_LOST,
+            "message": "the worker running this job died, and so did the one it was retried on",
+        }
+        with self.connection.pipeline() as pipe:
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            pipe.hset(job.key, "meta", JSONSerializer.dumps(job.meta))
+            job._handle_failure(f"{ERR_WORKER_LOST}: worker {job.worker_name} died", pipeline=pipe)
+            pipe.execute()
+        log.error("job %s lost its worker twice: failed with %s", job.id, ERR_WORKER_LOST)
