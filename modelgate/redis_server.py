@@ -40,21 +40,35 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """Starts redis-server bound to 127.0.0.1 with no persistence; ``stop()`` ends it."""
+    """Starts redis-server bound to 127.0.0.1; ``stop()`` ends it. With ``persistent`` it keeps
+    an append-only file, so a ``restart()`` (same port, same data) loses no queued job."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        binary: str | None = None,
+        *,
+        persistent: bool = False,
+        password: str | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.binary = binary or find_redis_server()
+        self.persistent = persistent
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="modelgate-redis-")
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", self._dir.name, "--protected-mode", "yes"]
+                "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
+                "--dir", self._dir.name, "--protected-mode", "yes"]
+        if self.password:
+            args += ["--requirepass", self.password]
         # Its own session: a Ctrl-C or group-wide SIGTERM must not take Redis away before the
         # workers and gateway have finished with it; its owner stops it by PID.
         self.proc = subprocess.Popen(
@@ -73,7 +87,8 @@ class RedisServer:
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout_s} s")
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """End the server process (SIGTERM, then SIGKILL), keeping its data folder."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -81,6 +96,15 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def restart(self, down_s: float = 0.0) -> RedisServer:
+        """Stop and start again on the same port (with the same data when persistent)."""
+        self.kill()
+        time.sleep(down_s)
+        return self.start()
+
+    def stop(self) -> None:
+        self.kill()
         self._dir.cleanup()
 
     def __enter__(self) -> RedisServer:

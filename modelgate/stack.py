@@ -105,18 +105,22 @@ class Stack:
         threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
         for spec in self.registry.models:
             for i in range(spec.replicas):
-                name = f"{spec.name}-{i}-{uuid.uuid4().hex[:6]}"
-                args = [sys.executable, "-m", "workers", "--model", spec.name, "--name", name]
+                args = [sys.executable, "-m", "workers", "--model", spec.name]
                 if spec.threads is None:
                     args += ["--threads", str(threads)]
-                self.children.append(Child("worker", args, name=name, model=spec.name))
+                self.children.append(Child("worker", args, name=f"{spec.name}-{i}", model=spec.name))
         gateway = [sys.executable, "-m", "modelgate", "gateway", "--host", self.host, "--port", str(self.port)]
         self.children.append(Child("gateway", gateway, name="gateway"))
         for child in self.children:
             self._spawn(child)
 
     def _spawn(self, child: Child) -> None:
-        child.proc = subprocess.Popen(child.args, env=self._env())
+        args = child.args
+        if child.role == "worker":
+            # A fresh name per process: RQ refuses a name whose dead owner is still registered.
+            child.name = f"{child.name.rsplit('.', 1)[0]}.{uuid.uuid4().hex[:6]}"
+            args = [*args, "--name", child.name]
+        child.proc = subprocess.Popen(args, env=self._env())
         child.ready = False
         child.absent_since = None
 

@@ -54,20 +54,19 @@ def start_up(tmp_path: Path, model_dirs: dict[str, Path], ignore_sigint: bool) -
         if ignore_sigint:  # what a non-interactive shell does to a background job
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    # A file, not a pipe: a pipe nobody drains fills up and blocks every child that logs.
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelgate", "up", "--config", str(config), "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=preexec,
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec,
     )
     deadline = time.monotonic() + 120
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "modelgate ready" in line:
-            assert f"http://127.0.0.1:{port}" in line
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = (tmp_path / "up.log").read_text()
+        if "modelgate ready" in text:
+            assert f"ready: http://127.0.0.1:{port}" in text
             return proc, port
-        if not line and proc.poll() is not None:
-            break
+        time.sleep(0.2)
     proc.kill()
     raise AssertionError("modelgate up never printed its ready line")
 
@@ -83,10 +82,44 @@ def test_up_serves_then_stops_everything(tmp_path: Path, model_dirs: dict[str, P
         assert r.status_code == 200 and r.json()["outputs"]["label"] in {"negative", "positive"}
         proc.send_signal(sig)
         assert proc.wait(timeout=40) == 0
-        out = proc.stdout.read() if proc.stdout else ""
-        assert "modelgate: stopped" in out
+        assert "modelgate: stopped" in (tmp_path / "up.log").read_text()
         time.sleep(0.2)
         assert not [k for k in kids if alive(k)], "children left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def worker_pids(parent: int) -> set[int]:
+    pids = set()
+    for pid in children_of(parent):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"workers" in cmd:
+            pids.add(pid)
+    return pids
+
+
+def test_up_replaces_a_worker_that_stops_heart_beating(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+    proc, port = start_up(tmp_path, model_dirs, ignore_sigint=False)
+    try:
+        (hung,) = worker_pids(proc.pid)
+        os.kill(hung, signal.SIGSTOP)  # alive but making no progress, like a stuck native call
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (alive(hung) or not worker_pids(proc.pid)):
+            time.sleep(0.5)
+        assert not alive(hung), "the hung worker was not replaced"
+        url = f"http://127.0.0.1:{port}/models/tiny/predict"
+        while time.monotonic() < deadline:
+            r = httpx.post(url, json={"inputs": "after replacement"}, timeout=30)
+            if r.status_code == 200:
+                break
+            time.sleep(0.5)
+        assert r.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

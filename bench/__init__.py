@@ -1,0 +1,1 @@
+"""Benchmarks of modelgate; see bench/README.md."""

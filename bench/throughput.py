@@ -1,0 +1,791 @@
+"""Throughput and latency of modelgate's ``/predict`` against the in-process pipeline limit.
+
+``python -m bench.throughput [--duration S] [--concurrency 1,32] [--model minilm] [--json F]``
+
+One run starts its own stack on loopback (a private redis-server, one worker subprocess, one
+gateway subprocess, a temporary models.yaml holding only the model's entry with the response cache
+off), and while the stack stands idle measures the engine the worker builds, called in this
+process at batch 1 and at the model's ``max_batch_size``. Then it drives ``POST
+/models/<model>/predict`` at each concurrency for a fixed time with a distinct sentence per
+request (no cache hit is possible), using Debian's ``wrk`` with ``bench/wrk_predict.lua`` (or an
+asyncio httpx client when ``wrk`` is missing), and prints one table: each HTTP figure as a ratio
+of the in-process figure of the same run, the targets, and the CPU each process used.
+Everything it started is stopped on exit, Ctrl-C or SIGTERM included. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from redis import Redis
+
+from contract.config import ModelSpec, load_registry
+from contract.jobs import Keys
+from modelgate.redis_server import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA_SCRIPT = Path(__file__).with_name("wrk_predict.lua")
+PREFIX = "mgbench"
+"""Key prefix of the bench's private Redis."""
+
+TEXT = "The quick brown fox jumps over the lazy dog {}"
+"""One short sentence; ``{}`` gets a 10-digit number unique in the run (same format in Lua)."""
+
+BASE = 1_000_000_000
+"""Numbers start here so they all have 10 digits, hence the same token count everywhere."""
+
+PHASE_STEP = 100_000_000
+"""Each phase (warm-up or measurement) numbers its texts from its own block."""
+
+THREAD_STEP = 10_000_000
+"""Within a phase, each load-generator thread or user numbers from its own block."""
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+ACCESS_LINE = re.compile(r"POST /models/\S+/predict 200 ([0-9.]+) ms")
+"""The gateway's access log line for a successful predict, if it writes one."""
+
+NOISY_CORES = 0.2
+"""Above this many cores of 'other' or 'steal' CPU in any phase, the report warns of noise."""
+
+
+@dataclass
+class Figure:
+    """One row of the table."""
+
+    label: str
+    unit: str
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    count: int
+    errors: int | None = None
+    codes: dict[str, int] = field(default_factory=dict)
+    cores: dict[str, float] = field(default_factory=dict)
+    mean_batch: float | None = None
+    ratio: float | None = None
+    target: str = "-"
+    verdict: str = "-"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def phase_base(phase: int) -> int:
+    return BASE + phase * PHASE_STEP
+
+
+def texts(base: int, start: int, count: int) -> list[str]:
+    return [TEXT.format(base + start + i) for i in range(count)]
+
+
+# --- the stack under test -------------------------------------------------------------------
+
+
+def write_config(source: Path, model: str, dest: Path) -> Path:
+    """A models.yaml with only ``model``'s entry, one replica, response cache off."""
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    entry = next((m for m in data["models"] if m.get("name") == model), None)
+    if entry is None:
+        raise SystemExit(f"{source}: no model named {model!r}")
+    entry = {**entry, "replicas": 1}
+    if "cache_ttl_s" in ModelSpec.model_fields:
+        entry["cache_ttl_s"] = 0
+    path = entry.get("source", {}).get("path")
+    if path and not Path(path).is_absolute():
+        entry["source"] = {**entry["source"], "path": str((source.parent / path).resolve())}
+    dest.write_text(yaml.safe_dump({"models": [entry]}), encoding="utf-8")
+    return dest
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """Busy and stolen CPU seconds of the whole machine since boot, from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq) / TICK, steal / TICK
+
+
+class CpuMeter:
+    """Cores used during a phase by each named process, by this one, and by everything else."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        sample = {role: proc_cpu_s(pid) for role, pid in self.pids.items()}
+        sample["bench"] = time.process_time()
+        sample["machine"], sample["steal"] = machine_cpu_s()
+        sample["wall"] = time.perf_counter()
+        return sample
+
+    def cores(self, **extra_cpu_s: float) -> dict[str, float]:
+        """Cores per role; ``other`` is the machine's busy time no process of this run explains."""
+        end = self._sample()
+        used = {k: end[k] - self.start[k] for k in end}
+        wall, machine = used.pop("wall"), used.pop("machine")
+        used.update(extra_cpu_s)
+        ours = sum(v for k, v in used.items() if k != "steal")
+        used["other"] = max(0.0, machine - ours)
+        return {k: v / wall for k, v in used.items()}
+
+
+class Stack:
+    """redis-server, one worker and the gateway, each in its own session, stopped by PID."""
+
+    def __init__(self, workdir: Path, config: Path, model: str, threads: int) -> None:
+        self.workdir, self.config, self.model, self.threads = workdir, config, model, threads
+        self.redis = RedisServer()
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> None:
+        self.redis.start()
+        env = {
+            **os.environ,
+            "REDIS_URL": self.redis.url,
+            "MODELGATE_CONFIG": str(self.config),
+            "MODELGATE_PREFIX": PREFIX,
+        }
+        env.pop("MODELGATE_SUPERVISED", None)
+        py = sys.executable
+        worker = [
+            py,
+            "-m",
+            "workers",
+            "--model",
+            self.model,
+            "--name",
+            "bench-w0",
+            "--threads",
+            str(self.threads),
+        ]
+        gateway = [py, "-m", "modelgate", "gateway", "--port", self.url.rsplit(":", 1)[1]]
+        for role, cmd in (("worker", worker), ("gateway", gateway)):
+            log = (self.workdir / f"{role}.log").open("ab")
+            self.procs[role] = subprocess.Popen(
+                cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            log.close()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for role, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{role} exited with {proc.returncode}:\n{self.log(role)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"stack not ready after {timeout_s} s:\n{self.log('worker')}")
+
+    def log(self, role: str, tail: int = 3000) -> str:
+        path = self.workdir / f"{role}.log"
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
+
+    def log_size(self, role: str) -> int:
+        path = self.workdir / f"{role}.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def access_log_p50(self, offset: int) -> float | None:
+        """p50 of the predict times the gateway logged after ``offset``, if it logs them."""
+        with (self.workdir / "gateway.log").open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+        times = [float(t) for t in ACCESS_LINE.findall(text)]
+        return statistics.median(times) if times else None
+
+    def pids(self) -> dict[str, int]:
+        pids = {role: p.pid for role, p in self.procs.items()}
+        if self.redis.proc is not None:
+            pids["redis"] = self.redis.proc.pid
+        return pids
+
+    def stop(self) -> None:
+        for role in ("gateway", "worker"):
+            proc = self.procs.get(role)
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    print(f"{role} ignored SIGTERM for 20 s; killing it", file=sys.stderr)
+                    proc.kill()
+                    proc.wait()
+        self.redis.stop()
+
+
+# --- in-process limit -------------------------------------------------------------------------
+
+
+def load_engine(config: Path, model: str, threads: int) -> Any:
+    """The worker's engine: ``build_engine`` if workers.pipelines has it, else PipelineEngine."""
+    import torch
+    import transformers
+
+    from workers import pipelines
+
+    torch.set_num_threads(threads)
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    registry = load_registry(config)
+    spec = registry.get(model)
+    assert spec is not None
+    build = getattr(pipelines, "build_engine", None)
+    if build is not None:
+        return build(spec, registry.base_dir)
+    return pipelines.PipelineEngine(spec, registry.base_dir)
+
+
+def measure_engine(
+    engine: Any, batch: int, duration_s: float, base: int, pids: dict[str, int] | None = None
+) -> Figure:
+    """Call ``engine`` back to back with ``batch`` fresh texts per call for ``duration_s``."""
+    meter = CpuMeter(pids or {})
+    for i in range(2):
+        engine(texts(base, i * batch, batch), {})
+    calls: list[float] = []
+    sent = 2 * batch
+    started = time.perf_counter()
+    while time.perf_counter() - started < duration_s or len(calls) < 5:
+        inputs = texts(base, sent, batch)
+        sent += batch
+        t0 = time.perf_counter()
+        engine(inputs, {})
+        calls.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - started
+    return Figure(
+        f"in-process b{batch}",
+        "texts/s",
+        batch * len(calls) / wall,
+        1000 * percentile(calls, 50),
+        1000 * percentile(calls, 99),
+        batch * len(calls),
+        cores=meter.cores(),
+    )
+
+
+# --- load generators --------------------------------------------------------------------------
+
+
+def run_wrk(
+    url: str, concurrency: int, duration_s: float, base: int, timeout_s: float
+) -> dict[str, Any]:
+    """One wrk run (one thread); its summary from the Lua ``done`` line, plus its CPU seconds."""
+    cmd = [
+        "wrk",
+        "-t",
+        "1",
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{duration_s:g}s",
+        "--timeout",
+        f"{timeout_s:g}s",
+        "-s",
+        str(LUA_SCRIPT),
+        url,
+        "--",
+        str(base),
+    ]
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            # wait4 gives this child's own rusage: the load generator's CPU, nothing else.
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    line = next((ln for ln in text.splitlines() if ln.startswith("MGBENCH ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{text}")
+    summary: dict[str, Any] = json.loads(line.removeprefix("MGBENCH "))
+    summary["cpu_s"] = usage.ru_utime + usage.ru_stime
+    return summary
+
+
+async def _httpx_users(
+    url: str, concurrency: int, duration_s: float, base: int, timeout_s: float
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    codes: Counter[str] = Counter()
+    socket_errors = 0
+    end = time.monotonic() + duration_s
+
+    async def user(client: httpx.AsyncClient, tid: int) -> None:
+        nonlocal socket_errors
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+            t0 = time.perf_counter()
+            try:
+                reply = await client.post(
+                    url, json={"inputs": TEXT.format(base + tid * THREAD_STEP + n)}
+                )
+            except httpx.HTTPError:
+                socket_errors += 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+            if reply.status_code != 200:
+                codes[str(reply.status_code)] += 1
+
+    limits = httpx.Limits(max_connections=concurrency)
+    started = time.perf_counter()
+    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+        await asyncio.gather(*(user(client, t) for t in range(concurrency)))
+    duration = time.perf_counter() - started
+    return {
+        "requests": len(latencies),
+        "duration_us": 1e6 * duration,
+        "p50_us": 1e6 * percentile(latencies, 50) if latencies else 0.0,
+        "p99_us": 1e6 * percentile(latencies, 99) if latencies else 0.0,
+        "connect": 0,
+        "read": socket_errors,
+        "write": 0,
+        "timeout": 0,
+        "codes": dict(codes),
+    }
+
+
+def run_httpx(
+    url: str, concurrency: int, duration_s: float, base: int, timeout_s: float
+) -> dict[str, Any]:
+    """The fallback load generator; its CPU is this whole process's CPU during the run."""
+    cpu0 = time.process_time()
+    summary = asyncio.run(_httpx_users(url, concurrency, duration_s, base, timeout_s))
+    summary["cpu_s"] = time.process_time() - cpu0
+    return summary
+
+
+# --- HTTP phases --------------------------------------------------------------------------------
+
+
+class HttpBench:
+    """Drives the stack's predict endpoint and accounts for every process's CPU meanwhile."""
+
+    def __init__(self, stack: Stack, model: str, loadgen: str, timeout_s: float) -> None:
+        self.stack, self.model, self.loadgen, self.timeout_s = stack, model, loadgen, timeout_s
+        self.url = f"{stack.url}/models/{model}/predict"
+        self.redis = Redis.from_url(stack.redis.url, decode_responses=True)
+
+    def drive(self, concurrency: int, duration_s: float, base: int) -> dict[str, Any]:
+        run = run_wrk if self.loadgen == "wrk" else run_httpx
+        return run(self.url, concurrency, duration_s, base, self.timeout_s)
+
+    def measure(self, concurrency: int, duration_s: float, base: int) -> Figure:
+        meter = CpuMeter(self.stack.pids())
+        stats0 = self._stats()
+        s = self.drive(concurrency, duration_s, base)
+        if self.loadgen == "wrk":
+            cores = meter.cores(loadgen=s["cpu_s"])
+        else:  # the httpx client is this process: its CPU is the "bench" share
+            cores = meter.cores()
+            cores["loadgen"] = cores.pop("bench")
+        wall = s["duration_us"] / 1e6
+        stats1 = self._stats()
+        batches = stats1.get("batches", 0) - stats0.get("batches", 0)
+        items = stats1.get("items", 0) - stats0.get("items", 0)
+        non_200 = sum(s["codes"].values())
+        errors = non_200 + s["connect"] + s["read"] + s["write"] + s["timeout"]
+        ok = s["requests"] - non_200
+        return Figure(
+            f"modelgate c{concurrency}",
+            "req/s",
+            ok / wall,
+            s["p50_us"] / 1000,
+            s["p99_us"] / 1000,
+            s["requests"],
+            errors,
+            s["codes"],
+            cores,
+            items / batches if batches else None,
+        )
+
+    def settle(self, timeout_s: float = 15.0) -> None:
+        """Wait until no job is queued or running: requests a load generator abandoned when its
+        time was up would otherwise still occupy the worker during the next phase."""
+        queue = Keys(PREFIX).queue(self.model)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.llen(f"rq:queue:{queue}")
+                pipe.llen(f"rq:queue:{queue}:intermediate")
+                pipe.zcard(f"rq:wip:{queue}")
+                if not any(pipe.execute()):
+                    return
+            time.sleep(0.05)
+
+    def _stats(self) -> dict[str, int]:
+        raw = self.redis.hgetall(Keys(PREFIX).stats(self.model))
+        return {str(k): int(v) for k, v in raw.items() if v.isdigit()}
+
+    def job_ids(self) -> set[str]:
+        keys = self.redis.scan_iter(match="rq:job:*", count=1000)
+        return {k.removeprefix("rq:job:") for k in keys if k.count(":") == 2}
+
+    def breakdown(self, known: set[str]) -> dict[str, float]:
+        """Median milliseconds of each leg of the jobs created since ``known`` was taken."""
+        legs: dict[str, list[float]] = {"queued": [], "run": [], "finish": [], "total": []}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in self.job_ids() - known:
+                pipe.hmget(f"rq:job:{job_id}", "enqueued_at", "started_at", "ended_at")
+                pipe.xrange(f"rq:results:{job_id}", count=1)
+            replies = pipe.execute()
+        for raw, result in zip(replies[::2], replies[1::2], strict=True):
+            if None in raw or not result:
+                continue
+            enq, start, end = (datetime.fromisoformat(v).timestamp() for v in raw)
+            written = int(result[0][0].split("-")[0]) / 1000  # a stream id is <ms>-<seq>
+            for leg, seconds in (
+                ("queued", start - enq),
+                ("run", end - start),
+                ("finish", written - end),
+                ("total", written - enq),
+            ):
+                legs[leg].append(1000 * seconds)
+        out = {leg: statistics.median(v) for leg, v in legs.items() if v}
+        out["jobs"] = float(len(legs["total"]))
+        return out
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def judge(fig: Figure, b1: Figure, limit: Figure, concurrency: int, max_batch: int) -> None:
+    """Fill ratio, target and verdict: c=1 by latency, c>=max_batch by throughput."""
+    if concurrency == 1:
+        fig.ratio, goal, fig.target = fig.p50_ms / b1.p50_ms, 1.2, "p50 <= 1.2x b1"
+        met = fig.ratio <= goal
+    else:
+        fig.ratio = fig.rate / limit.rate
+        if concurrency < max_batch:
+            return
+        fig.target, met = f"rate >= 0.9x b{max_batch}", fig.ratio >= 0.9
+    fig.target += ", 0 err"
+    fig.verdict = "PASS" if met and fig.errors == 0 else "FAIL"
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def grid(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, a rule under the header row."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def table(figs: list[Figure]) -> str:
+    rows: list[tuple[str, ...]] = [
+        ("row", "rate", "unit", "p50 ms", "p99 ms", "errors", "ratio", "target", "result")
+    ]
+    for f in figs:
+        ratio = "(ref)" if f.ratio is None else f"{f.ratio:.2f}x"
+        errors = "-" if f.errors is None else str(f.errors)
+        rows.append(
+            (
+                f.label,
+                f"{f.rate:.1f}",
+                f.unit,
+                f"{f.p50_ms:.1f}",
+                f"{f.p99_ms:.1f}",
+                errors,
+                ratio,
+                f.target,
+                f.verdict,
+            )
+        )
+    return grid(rows)
+
+
+CPU_ROLES = ("worker", "gateway", "redis", "loadgen", "bench", "other", "steal")
+"""Columns of the CPU table; ``other`` is busy time of processes this run did not start."""
+
+
+def cpu_ms_per_item(f: Figure, role: str) -> str:
+    """CPU milliseconds ``role`` spent per successful request of an HTTP phase."""
+    if f.unit != "req/s" or f.rate <= 0 or role not in f.cores:
+        return "-"
+    return f"{1000 * f.cores[role] / f.rate:.1f}"
+
+
+def cpu_table(figs: list[Figure]) -> str:
+    head = ("phase", *CPU_ROLES, "gw ms/req", "wk ms/req", "worker batch", "non-200")
+    rows: list[tuple[str, ...]] = [head]
+    for f in figs:
+        shares = tuple(f"{f.cores[r]:.2f}" if r in f.cores else "-" for r in CPU_ROLES)
+        per_item = (cpu_ms_per_item(f, "gateway"), cpu_ms_per_item(f, "worker"))
+        batch = f"{f.mean_batch:.1f}" if f.mean_batch else "-"
+        rows.append((f.label, *shares, *per_item, batch, json.dumps(f.codes) if f.codes else "-"))
+    title = (
+        "CPU per phase in cores (1.00 = one core busy all phase; 'other' = processes outside "
+        "this run), and gateway/worker CPU ms per successful request:"
+    )
+    return title + "\n" + grid(rows)
+
+
+def breakdown_lines(figs: list[Figure], breakdown: dict[str, float] | None) -> list[str]:
+    if not breakdown or not breakdown.get("jobs"):
+        return []
+    b1 = next(f for f in figs if f.label == "in-process b1")
+    c1 = next(f for f in figs if f.label == "modelgate c1")
+    rest = c1.p50_ms - breakdown["total"]
+    lines = [
+        "",
+        f"where a c=1 request's time goes (medians over {breakdown['jobs']:.0f} jobs, from RQ's "
+        "job timestamps and result stream ids):",
+        f"  enqueued -> worker started   {breakdown['queued']:7.1f} ms",
+        f"  started -> ended (model)     {breakdown['run']:7.1f} ms  "
+        f"(in-process b1 p50 {b1.p50_ms:.1f} ms)",
+        f"  ended -> result written      {breakdown['finish']:7.1f} ms",
+        f"  enqueued -> result written   {breakdown['total']:7.1f} ms",
+        f"  rest of the HTTP p50 {c1.p50_ms:.1f} ms (HTTP, validation, enqueue, wake-up, "
+        f"response) ~ {rest:.1f} ms",
+    ]
+    if breakdown.get("gateway_p50"):
+        client = c1.p50_ms - breakdown["gateway_p50"]
+        lines.append(
+            f"  the gateway's access log: p50 {breakdown['gateway_p50']:.1f} ms inside the app; "
+            f"the other ~{max(0.0, client):.1f} ms are uvicorn, loopback and wrk"
+        )
+    return lines
+
+
+def report(figs: list[Figure], info: dict[str, Any], breakdown: dict[str, float] | None) -> str:
+    out = [
+        f"modelgate benchmark: model {info['model']}, {info['loadgen']} load generator, "
+        f"{info['duration_s']:g} s per HTTP phase, {info['inproc_s']:g} s per in-process phase",
+        f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
+        f"python {info['python']}; load average before {info['loadavg_before']}, "
+        f"after {info['loadavg_after']}",
+        f"torch threads: in-process {info['inproc_threads']}, worker --threads "
+        f"{info['worker_threads']}; in-process engine {info['engine']}, measured with the "
+        "stack started and idle",
+        "",
+        table(figs),
+        "",
+        cpu_table(figs),
+    ]
+    out += breakdown_lines(figs, breakdown)
+    out += ["", *noise_lines(figs, info), f"command: {info['command']}"]
+    return "\n".join(out)
+
+
+def noise_lines(figs: list[Figure], info: dict[str, Any]) -> list[str]:
+    b1 = figs[0]
+    lines = [
+        f"noise check: in-process b1 p50 {b1.p50_ms:.1f} ms before the HTTP phases, "
+        f"{info['b1_p50_after_ms']:.1f} ms after (stack idle both times)"
+    ]
+    worst = max(figs, key=lambda f: f.cores.get("other", 0.0) + f.cores.get("steal", 0.0))
+    busy = worst.cores.get("other", 0.0) + worst.cores.get("steal", 0.0)
+    if busy > NOISY_CORES:
+        lines.append(
+            f"WARNING: processes outside this run (or the hypervisor) took {busy:.2f} cores "
+            f"during '{worst.label}': the figures and ratios are not trustworthy; re-run on a "
+            "quiet machine"
+        )
+    return lines
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.throughput", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--duration", type=float, default=15.0, help="seconds per HTTP phase (15)")
+    p.add_argument(
+        "--inproc-duration", type=float, default=6.0, help="seconds per in-process phase (6)"
+    )
+    p.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds of HTTP warm-up per concurrency (3)"
+    )
+    p.add_argument("--concurrency", default="1,32", help="comma-separated concurrencies (1,32)")
+    p.add_argument("--model", default="minilm", help="model name in --config (minilm)")
+    p.add_argument(
+        "--config", default=str(ROOT / "models.yaml"), help="models.yaml to copy the entry from"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="in-process torch threads (all cores)",
+    )
+    p.add_argument(
+        "--worker-threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker --threads (all cores)",
+    )
+    p.add_argument(
+        "--loadgen",
+        choices=["auto", "wrk", "httpx"],
+        default="auto",
+        help="load generator (auto: wrk if on PATH)",
+    )
+    p.add_argument("--json", help="also write every figure to this JSON file")
+    p.add_argument("--keep-logs", action="store_true", help="keep the stack's logs and print where")
+    return p.parse_args(argv)
+
+
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def sanity_check(url: str) -> None:
+    reply = httpx.post(url, json={"inputs": TEXT.format(BASE - 1)}, timeout=60)
+    if reply.status_code != 200:
+        raise RuntimeError(f"first predict answered {reply.status_code}: {reply.text[:500]}")
+
+
+def run_info(args: argparse.Namespace, loadgen: str) -> dict[str, Any]:
+    argv = [Path(sys.executable).name, "-m", "bench.throughput", *sys.argv[1:]]
+    return {
+        **machine(),
+        "model": args.model,
+        "loadgen": loadgen,
+        "duration_s": args.duration,
+        "inproc_s": args.inproc_duration,
+        "inproc_threads": args.threads,
+        "worker_threads": args.worker_threads,
+        "command": " ".join(argv),
+        "loadavg_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def http_phases(
+    stack: Stack, bench: HttpBench, args: argparse.Namespace, refs: tuple[Figure, Figure]
+) -> tuple[list[Figure], dict[str, float] | None]:
+    """Warm-up then measurement at each concurrency; the c=1 breakdown when c=1 is asked for."""
+    figs, breakdown = [], None
+    max_batch = int(refs[1].label.removeprefix("in-process b"))
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    for i, c in enumerate(levels):
+        print(f"HTTP at concurrency {c}", file=sys.stderr)
+        bench.drive(c, args.warmup, phase_base(2 + 2 * i))
+        bench.settle()
+        known, offset = bench.job_ids(), stack.log_size("gateway")
+        fig = bench.measure(c, args.duration, phase_base(3 + 2 * i))
+        bench.settle()
+        judge(fig, refs[0], refs[1], c, max_batch)
+        figs.append(fig)
+        if c == 1:
+            breakdown = bench.breakdown(known)
+            breakdown["gateway_p50"] = stack.access_log_p50(offset) or 0.0
+    return figs, breakdown
+
+
+def run(
+    args: argparse.Namespace, workdir: Path
+) -> tuple[list[Figure], dict[str, Any], dict[str, float] | None]:
+    loadgen = args.loadgen
+    if loadgen == "auto":
+        loadgen = "wrk" if shutil.which("wrk") else "httpx"
+    config = write_config(Path(args.config), args.model, workdir / "models.yaml")
+    spec = load_registry(config).get(args.model)
+    assert spec is not None
+    info = run_info(args, loadgen)
+    stack = Stack(workdir, config, args.model, args.worker_threads)
+    try:
+        stack.start()
+        engine = load_engine(config, args.model, args.threads)  # loads while the stack starts
+        info["engine"] = type(engine).__name__
+        stack.wait_ready(240)
+        print(f"stack ready at {stack.url}; measuring in-process", file=sys.stderr)
+        b1 = measure_engine(engine, 1, args.inproc_duration, phase_base(0), stack.pids())
+        batch = spec.max_batch_size
+        limit = measure_engine(engine, batch, args.inproc_duration, phase_base(1), stack.pids())
+        bench = HttpBench(stack, args.model, loadgen, spec.timeout_s + 5)
+        sanity_check(bench.url)
+        figs, breakdown = http_phases(stack, bench, args, (b1, limit))
+        recheck = measure_engine(engine, 1, min(3.0, args.inproc_duration), phase_base(89))
+        info["b1_p50_after_ms"] = recheck.p50_ms
+    finally:
+        stack.stop()
+    info["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [b1, limit, *figs], info, breakdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    workdir = Path(tempfile.mkdtemp(prefix="modelgate-bench-"))
+    keep = args.keep_logs
+    try:
+        figs, info, breakdown = run(args, workdir)
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    except BaseException:
+        keep = True  # the worker's and gateway's logs explain most failures
+        raise
+    finally:
+        if keep:
+            print(f"stack logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(report(figs, info, breakdown))
+    if args.json:
+        payload = {"info": info, "figures": [asdict(f) for f in figs], "c1_breakdown_ms": breakdown}
+        Path(args.json).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    return 0 if all(f.verdict in ("PASS", "-") for f in figs) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
