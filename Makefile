@@ -40,5 +40,8 @@ fmt: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.throughput
 
+fuzz: $(STAMP)
+	MODELGATE_FUZZ_EXAMPLES=$${MODELGATE_FUZZ_EXAMPLES:-300} $(PY) -m pytest tests/integration/test_fuzz.py $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

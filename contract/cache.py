@@ -26,7 +26,9 @@ def item_key(prefix: str, model: str, fingerprint: str, params: dict[str, Any], 
     return f"{prefix}:cache:{model}:{digest.hexdigest()}"
 
 
-def flight_key(prefix: str, model: str, fingerprint: str, params: dict[str, Any], texts: list[str]) -> str:
+def flight_key(
+    prefix: str, model: str, fingerprint: str, params: dict[str, Any], texts: list[str]
+) -> str:
     """Key naming the job already computing exactly these inputs (single-flight)."""
     digest = hashlib.sha256()
     for part in (fingerprint, params_key(params), *texts):

@@ -85,6 +85,9 @@ class ModelSpec(_Strict):
     cache_ttl_s: Annotated[int, Field(ge=0)] = 3600
     replicas: Annotated[int, Field(ge=0, le=64)] = 1
     threads: Annotated[int, Field(gt=0, le=256)] | None = None
+    compile: bool = False
+    quantize: Literal["dynamic-int8"] | None = None
+    fast_path: bool = True
 
     @field_validator("name")
     @classmethod
@@ -106,6 +109,22 @@ class ModelSpec(_Strict):
         if not DEVICE_PATTERN.match(v):
             raise ValueError("must be cpu, cuda, cuda:N or auto")
         return v
+
+    @model_validator(mode="after")
+    def _quantize_fits(self) -> ModelSpec:
+        # Dynamic int8 kernels exist only on CPU and quantize float32 weights; auto may pick a GPU.
+        # torch.compile breaks its graph at every int8 Linear: minutes of tracing, no speed-up.
+        if not self.quantize:
+            return self
+        q = f"quantize {self.quantize!r}"
+        problems = [
+            *([f"{q} needs device 'cpu', not {self.device!r}"] if self.device != "cpu" else []),
+            *([f"{q} needs dtype float32, not {self.dtype}"] if self.dtype != "float32" else []),
+            *([f"{q} and compile: true do not combine"] if self.compile else []),
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class Registry(_Strict):

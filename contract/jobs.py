@@ -91,7 +91,11 @@ class JobPayload:
 
 
 def job_result(
-    outputs: list[Any], fingerprint: str, inference_ms: float, batch_items: int, queue_ms: float = 0.0
+    outputs: list[Any],
+    fingerprint: str,
+    inference_ms: float,
+    batch_items: int,
+    queue_ms: float = 0.0,
 ) -> dict[str, Any]:
     """A predict job's return value, as RQ stores it in the job's result stream. ``queue_ms`` is
     from enqueue (gateway clock) to start (worker clock)."""

@@ -12,7 +12,9 @@ class CommonSettings(BaseSettings):
     """Where the model registry and Redis are. ``MODELGATE_CONFIG``, ``REDIS_URL``,
     ``MODELGATE_PREFIX``; these locate things and never change a model's settings."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELGATE_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="MODELGATE_", extra="ignore", populate_by_name=True
+    )
 
     config: str = "models.yaml"
     redis_url: str = Field(

@@ -1,4 +1,4 @@
-"""The FastAPI application: ``create_app(settings)``, and ``from_env()`` for uvicorn ``--factory``."""
+"""The FastAPI application: ``create_app(settings)``; ``from_env()`` for uvicorn ``--factory``."""
 
 from __future__ import annotations
 

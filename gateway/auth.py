@@ -34,7 +34,9 @@ def load_key_hashes(inline: str, file: str | None) -> frozenset[str]:
                 hashes.append(line)
     bad = [h for h in hashes if len(h) != 64 or any(c not in "0123456789abcdef" for c in h)]
     if bad:
-        raise ValueError(f"{len(bad)} API key hash(es) are not SHA-256 hex; use `modelgate hash-key`")
+        raise ValueError(
+            f"{len(bad)} API key hash(es) are not SHA-256 hex; use `modelgate hash-key`"
+        )
     return frozenset(hashes)
 
 

@@ -61,7 +61,9 @@ class ResponseCache:
         self.conn = conn
         self.prefix = prefix
 
-    async def lookup(self, model: str, fingerprint: str, params: dict[str, Any], texts: list[str]) -> Lookup:
+    async def lookup(
+        self, model: str, fingerprint: str, params: dict[str, Any], texts: list[str]
+    ) -> Lookup:
         keys = [item_key(self.prefix, model, fingerprint, params, t) for t in texts]
         try:
             raw = await self.conn.mget(keys)

@@ -14,32 +14,32 @@ from gateway.jobs import JobStore
 from gateway.settings import GatewaySettings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     dispatcher: Dispatcher = request.app.state.dispatcher
     return dispatcher
 
 
-def get_inference(request: Request) -> Inference:
+async def get_inference(request: Request) -> Inference:
     inference: Inference = request.app.state.inference
     return inference
 
 
-def get_job_store(request: Request) -> JobStore:
+async def get_job_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.jobs
     return store
 
 
-def get_settings(request: Request) -> GatewaySettings:
+async def get_settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
 
 
-def get_spec(name: str, registry: Annotated[Registry, Depends(get_registry)]) -> ModelSpec:
+async def get_spec(name: str, registry: Annotated[Registry, Depends(get_registry)]) -> ModelSpec:
     spec = registry.get(name)
     if spec is None:
         known = ", ".join(m.name for m in registry.models)

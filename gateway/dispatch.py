@@ -113,10 +113,13 @@ class Dispatcher:
         self.sync = Redis.from_url(redis_url, socket_timeout=2.0, **common)
         self.conn = aredis.Redis.from_url(redis_url, socket_timeout=2.0, **common)
         # Blocking reads wait up to a request's deadline: no socket timeout, bounded by wait_for.
-        self.blocking = aredis.Redis.from_url(redis_url, socket_timeout=None, max_connections=4096, **common)
+        self.blocking = aredis.Redis.from_url(
+            redis_url, socket_timeout=None, max_connections=4096, **common
+        )
         self._live = self.conn.register_script(_LIVE)
         self._live_names = self.conn.register_script(_LIVE_NAMES)
         self._release = self.conn.register_script(_RELEASE)
+        self._queues: dict[str, Queue] = {}
 
     async def close(self) -> None:
         await self.conn.aclose()
@@ -154,7 +157,9 @@ class Dispatcher:
         if load.live_workers == 0:
             raise ModelUnavailable(f"no live worker serves model {spec.name!r}; try again later")
         if load.queue_depth >= spec.max_queue:
-            raise Overloaded(f"model {spec.name!r} has {load.queue_depth} jobs queued", retry_after_s=1)
+            raise Overloaded(
+                f"model {spec.name!r} has {load.queue_depth} jobs queued", retry_after_s=1
+            )
         return load
 
     async def submit(
@@ -168,7 +173,12 @@ class Dispatcher:
     ) -> str:
         job_id = job_id or uuid.uuid4().hex
         async with _aredis_errors():
-            await to_thread.run_sync(self._enqueue, spec, payload, job_id, meta or {}, result_ttl_s)
+            await self._rq_server_version()
+            commands = self._job_commands(spec, payload, job_id, meta or {}, result_ttl_s)
+            pipe = self.conn.pipeline(transaction=True)
+            for args, options in commands:
+                pipe.execute_command(*args, **options)
+            await pipe.execute()
         return job_id
 
     async def submit_once(
@@ -191,29 +201,51 @@ class Dispatcher:
             raise
 
     async def store_finished(
-        self, spec: ModelSpec, payload: JobPayload, outputs: list[Any], meta: dict[str, Any], ttl_s: int
+        self,
+        spec: ModelSpec,
+        payload: JobPayload,
+        outputs: list[Any],
+        meta: dict[str, Any],
+        ttl_s: int,
     ) -> str:
         """A job answered entirely from the cache: written straight away as finished."""
         job_id = uuid.uuid4().hex
         async with _aredis_errors():
-            await to_thread.run_sync(self._store_finished, spec, payload, outputs, meta, ttl_s, job_id)
+            await to_thread.run_sync(
+                self._store_finished, spec, payload, outputs, meta, ttl_s, job_id
+            )
         return job_id
 
     def _store_finished(
-        self, spec: ModelSpec, payload: JobPayload, outputs: list[Any], meta: dict[str, Any],
-        ttl_s: int, job_id: str,
+        self,
+        spec: ModelSpec,
+        payload: JobPayload,
+        outputs: list[Any],
+        meta: dict[str, Any],
+        ttl_s: int,
+        job_id: str,
     ) -> None:
         queue = Queue(self.keys.queue(spec.name), connection=self.sync, serializer=JSONSerializer)
-        job = queue.create_job(PREDICT_FUNC, kwargs=payload.to_kwargs(), result_ttl=ttl_s,
-                               failure_ttl=ttl_s, job_id=job_id,
-                               meta={"request_id": payload.request_id, "model": spec.name, **meta})
+        job = queue.create_job(
+            PREDICT_FUNC,
+            kwargs=payload.to_kwargs(),
+            result_ttl=ttl_s,
+            failure_ttl=ttl_s,
+            job_id=job_id,
+            meta={"request_id": payload.request_id, "model": spec.name, **meta},
+        )
         job.origin = queue.name
         job.enqueued_at = job.started_at = job.ended_at = rq_now()
         with _redis_errors(), self.sync.pipeline() as pipe:
             job.set_status(JobStatus.FINISHED, pipeline=pipe)
             job.save(pipeline=pipe)
-            Result.create(job, Result.Type.SUCCESSFUL, ttl_s, return_value=job_result(
-                outputs, "cache", 0.0, 0), pipeline=pipe)
+            Result.create(
+                job,
+                Result.Type.SUCCESSFUL,
+                ttl_s,
+                return_value=job_result(outputs, "cache", 0.0, 0),
+                pipeline=pipe,
+            )
             pipe.expire(job.key, ttl_s)
             pipe.execute()
 
@@ -221,10 +253,32 @@ class Dispatcher:
         with contextlib.suppress(RedisError, OSError):
             await self._release(keys=[flight], args=[job_id])
 
-    def _enqueue(
-        self, spec: ModelSpec, payload: JobPayload, job_id: str, meta: dict[str, Any], result_ttl_s: int
-    ) -> None:
-        queue = Queue(self.keys.queue(spec.name), connection=self.sync, serializer=JSONSerializer)
+    def _queue(self, model: str) -> Queue:
+        queue = self._queues.get(model)
+        if queue is None:
+            queue = Queue(self.keys.queue(model), connection=self.sync, serializer=JSONSerializer)
+            self._queues[model] = queue
+        return queue
+
+    async def _rq_server_version(self) -> None:
+        # RQ asks the server's version once per connection, synchronously; ask it here without
+        # blocking the event loop and leave it where RQ caches it.
+        if getattr(self.sync, "__rq_redis_server_version", None) is None:
+            info = await self.conn.info("server")
+            version = tuple(int(p) for p in str(info["redis_version"]).split(".")[:3])
+            setattr(self.sync, "__rq_redis_server_version", version)
+
+    def _job_commands(
+        self,
+        spec: ModelSpec,
+        payload: JobPayload,
+        job_id: str,
+        meta: dict[str, Any],
+        result_ttl_s: int,
+    ) -> list[tuple[Any, Any]]:
+        """The commands RQ's own enqueue would send, recorded instead of sent, so the event loop
+        writes them in one async round trip with no thread and no blocking call."""
+        queue = self._queue(spec.name)
         batches = max(1, -(-len(payload.inputs) // spec.max_batch_size))
         timeout = max(1, int(spec.timeout_s * batches + 0.999))
         job = queue.create_job(
@@ -237,9 +291,11 @@ class Dispatcher:
             job_id=job_id,
             meta={"request_id": payload.request_id, "model": spec.name, **meta},
         )
-        with _redis_errors(), self.sync.pipeline() as pipe:
-            queue.enqueue_job(job, pipeline=pipe, at_front=payload.priority == "high")
-            pipe.execute()
+        recorder = self.sync.pipeline(transaction=False)
+        queue.enqueue_job(job, pipeline=recorder, at_front=payload.priority == "high")
+        commands = list(recorder.command_stack)
+        recorder.reset()
+        return commands
 
     async def wait(self, job_id: str, deadline: float, *, owner: bool = True) -> dict[str, Any]:
         """The job's result (see ``contract.jobs.job_result``), or the GatewayError its failure
@@ -249,7 +305,9 @@ class Dispatcher:
         async with _aredis_errors():
             try:
                 reply = await asyncio.wait_for(
-                    self.blocking.xread({stream: "0-0"}, count=1, block=max(1, int(remaining * 1000))),
+                    self.blocking.xread(
+                        {stream: "0-0"}, count=1, block=max(1, int(remaining * 1000))
+                    ),
                     timeout=max(0.01, remaining) + 2.0,
                 )
             except TimeoutError:
@@ -257,9 +315,13 @@ class Dispatcher:
         if not reply:
             if owner:
                 await self._abandon(job_id)
-            raise InferenceTimeout(f"no result within the model's timeout ({job_id})", job_id=job_id)
+            raise InferenceTimeout(
+                f"no result within the model's timeout ({job_id})", job_id=job_id
+            )
         msg_id, fields = reply[0][1][0]
-        result = Result.restore(job_id, msg_id.decode(), fields, connection=self.sync, serializer=JSONSerializer)
+        result = Result.restore(
+            job_id, msg_id.decode(), fields, connection=self.sync, serializer=JSONSerializer
+        )
         if result.type == Result.Type.SUCCESSFUL:
             value: dict[str, Any] = result.return_value
             return value

@@ -120,7 +120,9 @@ def _validation_message(err: RequestValidationError) -> tuple[str, list[str]]:
     for e in err.errors():
         loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
         problems.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
-    return (problems[0] if len(problems) == 1 else f"{len(problems)} problems in the request"), problems
+    return (
+        problems[0] if len(problems) == 1 else f"{len(problems)} problems in the request"
+    ), problems
 
 
 async def _on_gateway_error(_: Request, err: Exception) -> JSONResponse:

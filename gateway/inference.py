@@ -37,7 +37,11 @@ class Inference:
         self.metrics = metrics
 
     async def _lookup(
-        self, spec: ModelSpec, inputs: list[str], params: dict[str, Any], mode: CacheMode,
+        self,
+        spec: ModelSpec,
+        inputs: list[str],
+        params: dict[str, Any],
+        mode: CacheMode,
         fingerprint: str | None,
     ) -> Lookup:
         if fingerprint is not None and mode is CacheMode.NORMAL:
@@ -58,13 +62,17 @@ class Inference:
     ) -> str:
         """Queue an async job; one the cache answers whole is created already finished."""
         load = await self.dispatcher.admit(spec)
-        fingerprint = load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
+        fingerprint = (
+            load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
+        )
         lookup = await self._lookup(spec, inputs, params, mode, fingerprint)
         cache_ttl = spec.cache_ttl_s if fingerprint is not None else 0
         payload = JobPayload(inputs, params, None, request_id, cache_ttl, priority)
         meta = {"single": single}
         if not lookup.missing:
-            return await self.dispatcher.store_finished(spec, payload, lookup.outputs, meta, job_ttl_s)
+            return await self.dispatcher.store_finished(
+                spec, payload, lookup.outputs, meta, job_ttl_s
+            )
         return await self.dispatcher.submit(spec, payload, meta=meta, result_ttl_s=job_ttl_s)
 
     async def predict(
@@ -79,7 +87,9 @@ class Inference:
     ) -> Prediction:
         deadline = time.time() + spec.timeout_s
         load = await self.dispatcher.admit(spec)
-        fingerprint = load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
+        fingerprint = (
+            load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
+        )
         use_cache = fingerprint is not None
         lookup = await self._lookup(spec, inputs, params, mode, fingerprint)
         if use_cache:

@@ -62,7 +62,9 @@ class JobStore:
         async with _aredis_errors():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self.dispatcher.blocking.xread({stream: "0-0"}, count=1, block=int(wait_s * 1000)),
+                    self.dispatcher.blocking.xread(
+                        {stream: "0-0"}, count=1, block=int(wait_s * 1000)
+                    ),
                     timeout=wait_s + 2,
                 )
 
@@ -109,16 +111,22 @@ class JobStore:
         if not entries:
             raise UnknownJob(f"the result of job {job_id!r} has expired")
         msg_id, fields = entries[0]
-        result = Result.restore(job_id, msg_id.decode(), fields, connection=self.dispatcher.sync,
-                                serializer=JSONSerializer)
+        result = Result.restore(
+            job_id,
+            msg_id.decode(),
+            fields,
+            connection=self.dispatcher.sync,
+            serializer=JSONSerializer,
+        )
         return list(result.return_value["outputs"])
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         await self._hash(job_id)
         outcome = await to_thread.run_sync(self._cancel, job_id)
         if outcome not in ("canceled",):
-            raise JobNotCancelable(f"job {job_id!r} is {outcome}; only queued jobs can be canceled",
-                                   status=outcome)
+            raise JobNotCancelable(
+                f"job {job_id!r} is {outcome}; only queued jobs can be canceled", status=outcome
+            )
         return await self.get(job_id)
 
     def _cancel(self, job_id: str) -> str:
@@ -143,4 +151,3 @@ def wait_param(wait: float | None) -> float:
     if wait is None:
         return 0.0
     return max(0.0, min(float(wait), MAX_WAIT_S))
-

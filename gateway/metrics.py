@@ -28,18 +28,30 @@ class DeploymentCollector(Collector):
         self.snapshot: dict[str, dict[str, Any]] = {}
 
     def collect(self) -> Iterator[Any]:
-        depth = GaugeMetricFamily("modelgate_queue_depth", "jobs waiting in the model's queue", labels=["model"])
-        live = GaugeMetricFamily("modelgate_live_workers", "workers heart-beating for the model", labels=["model"])
-        jobs = CounterMetricFamily("modelgate_worker_jobs", "jobs executed by workers", labels=["model"])
-        items = CounterMetricFamily("modelgate_worker_items", "inputs run through the model", labels=["model"])
-        batch = HistogramMetricFamily("modelgate_batch_size", "inputs per batched model call", labels=["model"])
+        depth = GaugeMetricFamily(
+            "modelgate_queue_depth", "jobs waiting in the model's queue", labels=["model"]
+        )
+        live = GaugeMetricFamily(
+            "modelgate_live_workers", "workers heart-beating for the model", labels=["model"]
+        )
+        jobs = CounterMetricFamily(
+            "modelgate_worker_jobs", "jobs executed by workers", labels=["model"]
+        )
+        items = CounterMetricFamily(
+            "modelgate_worker_items", "inputs run through the model", labels=["model"]
+        )
+        batch = HistogramMetricFamily(
+            "modelgate_batch_size", "inputs per batched model call", labels=["model"]
+        )
         for model, snap in sorted(self.snapshot.items()):
             depth.add_metric([model], snap["queue_depth"])
             live.add_metric([model], snap["live_workers"])
             stats: dict[str, int] = snap["stats"]
             jobs.add_metric([model], stats.get("jobs", 0))
             items.add_metric([model], stats.get("items", 0))
-            sizes = {int(k.split(":")[1]): v for k, v in stats.items() if k.startswith("batch_size:")}
+            sizes = {
+                int(k.split(":")[1]): v for k, v in stats.items() if k.startswith("batch_size:")
+            }
             buckets = [(str(b), sum(n for s, n in sizes.items() if s <= b)) for b in BATCH_BUCKETS]
             buckets.append(("+Inf", sum(sizes.values())))
             batch.add_metric([model], buckets, sum_value=sum(s * n for s, n in sizes.items()))
@@ -51,16 +63,39 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("modelgate_requests", "HTTP requests", ["model", "endpoint", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("modelgate_request_seconds", "request latency at the gateway",
-                                 ["model", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.queue_time = Histogram("modelgate_queue_seconds", "time a job waited for a worker",
-                                    ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.inference_time = Histogram("modelgate_inference_seconds", "batched model call time",
-                                        ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.cache = Counter("modelgate_cache_items", "response cache lookups per input item",
-                             ["model", "result"], registry=self.registry)
+        self.requests = Counter(
+            "modelgate_requests",
+            "HTTP requests",
+            ["model", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "modelgate_request_seconds",
+            "request latency at the gateway",
+            ["model", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_time = Histogram(
+            "modelgate_queue_seconds",
+            "time a job waited for a worker",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference_time = Histogram(
+            "modelgate_inference_seconds",
+            "batched model call time",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.cache = Counter(
+            "modelgate_cache_items",
+            "response cache lookups per input item",
+            ["model", "result"],
+            registry=self.registry,
+        )
         self.deployment = DeploymentCollector()
         self.registry.register(self.deployment)
 
@@ -81,7 +116,9 @@ class Metrics:
             self.cache.labels(model, "miss").inc(misses)
 
     async def render(self, registry: Registry, dispatcher: Dispatcher) -> bytes:
-        self.deployment.snapshot = {m.name: await _snapshot(m.name, dispatcher) for m in registry.models}
+        self.deployment.snapshot = {
+            m.name: await _snapshot(m.name, dispatcher) for m in registry.models
+        }
         return generate_latest(self.registry)
 
 

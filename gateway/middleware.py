@@ -83,7 +83,9 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         given = dict(scope.get("headers", [])).get(REQUEST_ID_HEADER, b"").decode("latin-1")
-        request_id = given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        request_id = (
+            given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        )
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
 
@@ -106,5 +108,11 @@ class RequestContextMiddleware:
         endpoint = getattr(route, "path", "unmatched")
         model = scope.get("path_params", {}).get("name", "-")
         self.metrics.observe_request(model, endpoint, status, seconds)
-        log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000,
-                 extra={"request_id": request_id, "model": model})
+        log.info(
+            "%s %s %d %.1f ms",
+            scope["method"],
+            scope["path"],
+            status,
+            seconds * 1000,
+            extra={"request_id": request_id, "model": model},
+        )

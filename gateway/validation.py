@@ -9,7 +9,9 @@ from contract.tasks import ParameterError, validate_parameters
 from gateway.errors import InvalidInput, PayloadTooLarge
 
 
-def normalize_inputs(spec: ModelSpec, inputs: str | list[str], max_inputs: int) -> tuple[list[str], bool]:
+def normalize_inputs(
+    spec: ModelSpec, inputs: str | list[str], max_inputs: int
+) -> tuple[list[str], bool]:
     """The inputs as a list, and whether the client sent a single string."""
     single = isinstance(inputs, str)
     items = [inputs] if isinstance(inputs, str) else list(inputs)
@@ -17,14 +19,14 @@ def normalize_inputs(spec: ModelSpec, inputs: str | list[str], max_inputs: int) 
         raise InvalidInput("inputs: give at least one input")
     if len(items) > max_inputs:
         raise PayloadTooLarge(
-            f"inputs: {len(items)} inputs, model {spec.name!r} accepts at most {max_inputs} per request",
+            f"inputs: {len(items)} inputs, {spec.name!r} takes at most {max_inputs} a request",
             limit=max_inputs,
         )
     for i, text in enumerate(items):
         if len(text) > spec.max_chars:
             where = "inputs" if single else f"inputs[{i}]"
             raise PayloadTooLarge(
-                f"{where}: {len(text)} characters, model {spec.name!r} accepts at most {spec.max_chars}",
+                f"{where}: {len(text)} characters, {spec.name!r} takes at most {spec.max_chars}",
                 limit=spec.max_chars,
             )
     return items, single

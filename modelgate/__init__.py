@@ -1,1 +1,1 @@
-"""The ``modelgate`` command: check a models.yaml, run a worker or the gateway, or the whole stack."""
+"""The ``modelgate`` command: check models.yaml, run a worker, the gateway, or the whole stack."""

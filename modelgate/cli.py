@@ -46,8 +46,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 1
-    stack = Stack(registry, args.config, host=args.host, port=args.port,
-                  redis_url=os.environ.get("REDIS_URL"), log_format=args.log_format)
+    stack = Stack(
+        registry,
+        args.config,
+        host=args.host,
+        port=args.port,
+        redis_url=os.environ.get("REDIS_URL"),
+        log_format=args.log_format,
+    )
     return stack.run()
 
 
@@ -65,8 +71,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     # handler that was installed before it: this one, so a graceful stop exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    uvicorn.run("gateway.app:from_env", factory=True, host=args.host, port=args.port,
-                log_level="warning", timeout_graceful_shutdown=args.graceful_timeout)
+    uvicorn.run(
+        "gateway.app:from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
     return 0
 
 
@@ -114,20 +126,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check = sub.add_parser("check", help="validate a models.yaml file")
-    check.add_argument("file", nargs="?", default=_config_default(), help="path (default: models.yaml)")
+    check.add_argument(
+        "file", nargs="?", default=_config_default(), help="path (default: models.yaml)"
+    )
     check.set_defaults(func=cmd_check)
-    for name, help_text in (("up", "run Redis, workers and gateway; Ctrl-C stops all"),
-                            ("gateway", "run the HTTP gateway only")):
+    for name, help_text in (
+        ("up", "run Redis, workers and gateway; Ctrl-C stops all"),
+        ("gateway", "run the HTTP gateway only"),
+    ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", default=_config_default(), help="models.yaml path")
-        p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+        p.add_argument(
+            "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+        )
         p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-        p.add_argument("--log-format", choices=["text", "json"],
-                       default=os.environ.get("MODELGATE_LOG_FORMAT", "text"), help="log line format")
+        p.add_argument(
+            "--log-format",
+            choices=["text", "json"],
+            default=os.environ.get("MODELGATE_LOG_FORMAT", "text"),
+            help="log line format",
+        )
         p.set_defaults(func=cmd_up if name == "up" else cmd_gateway)
         if name == "gateway":
-            p.add_argument("--graceful-timeout", type=int, default=30,
-                           help="seconds in-flight requests get to finish on SIGTERM (default 30)")
+            p.add_argument(
+                "--graceful-timeout",
+                type=int,
+                default=30,
+                help="seconds in-flight requests get to finish on SIGTERM (default 30)",
+            )
     fetch = sub.add_parser("fetch", help="download the hub models of a models.yaml into a cache")
     fetch.add_argument("--config", default=_config_default(), help="models.yaml path")
     fetch.add_argument("--cache-dir", help="Hugging Face hub cache folder (default: HF_HUB_CACHE)")
@@ -135,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     hk = sub.add_parser("hash-key", help="print the SHA-256 hash to configure for an API key")
     hk.add_argument("key", nargs="?", default="-", help="the key (default: read a line from stdin)")
     hk.set_defaults(func=cmd_hash_key)
-    sub.add_parser("worker", help="run one model worker (see `modelgate worker --help`)", add_help=False)
+    sub.add_parser(
+        "worker", help="run one model worker (see `modelgate worker --help`)", add_help=False
+    )
     return parser
 
 

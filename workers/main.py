@@ -17,8 +17,9 @@ from contract.jobs import Keys
 from contract.logs import configure_logging
 from contract.settings import CommonSettings
 from workers.batching import BatchingWorker, BatchPolicy
-from workers.pipelines import DeviceError, PipelineEngine
+from workers.pipelines import DeviceError, build_engine
 from workers.presence import Presence, stuck_check
+from workers.reaper import Reaper
 
 log = logging.getLogger("modelgate.worker")
 
@@ -33,16 +34,28 @@ MAINTENANCE_INTERVAL_S = 30
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelgate worker",
-        description="Serve one model from models.yaml: load its pipeline once, then run its queue's "
-        "jobs in batches. Redis comes from REDIS_URL; the file from --config or MODELGATE_CONFIG.",
+        description="Serve one model from models.yaml: load its pipeline once, then run its queue's"
+        " jobs in batches. Redis comes from REDIS_URL; the file from --config or MODELGATE_CONFIG.",
     )
     parser.add_argument("--model", required=True, help="the model's name in models.yaml")
-    parser.add_argument("--config", help="path to models.yaml (default: MODELGATE_CONFIG or ./models.yaml)")
+    parser.add_argument(
+        "--config", help="path to models.yaml (default: MODELGATE_CONFIG or ./models.yaml)"
+    )
     parser.add_argument("--redis-url", help="Redis URL (default: REDIS_URL)")
     parser.add_argument("--name", help="worker name (default: <model>-<random>)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: models.yaml 'threads', else all cores)")
-    parser.add_argument("--log-format", choices=["text", "json"], help="log line format (default: text)")
-    parser.add_argument("--burst", action="store_true", help="exit when the queue is empty (for tests and batch runs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: models.yaml 'threads', else all cores)",
+    )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], help="log line format (default: text)"
+    )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="exit when the queue is empty (for tests and batch runs)",
+    )
     return parser
 
 
@@ -54,17 +67,21 @@ def _spec(registry: Registry, name: str) -> ModelSpec:
     return spec
 
 
-def serve(settings: CommonSettings, model: str, *, name: str | None, threads: int | None, burst: bool) -> int:
+def serve(
+    settings: CommonSettings, model: str, *, name: str | None, threads: int | None, burst: bool
+) -> int:
     registry = load_registry(settings.config)
     spec = _spec(registry, model)
     n_threads = threads or spec.threads
     if n_threads:
         torch.set_num_threads(n_threads)
     log.info("torch threads: %d", torch.get_num_threads())
-    engine = PipelineEngine(spec, registry.base_dir)
+    engine = build_engine(spec, registry.base_dir)
     log.info("warm-up call took %.0f ms", 1000 * engine.warm_up())
     keys = Keys(settings.prefix)
-    connection = Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=10)
+    connection = Redis.from_url(
+        settings.redis_url, socket_connect_timeout=5, health_check_interval=10
+    )
     queue = Queue(keys.queue(spec.name), connection=connection, serializer=JSONSerializer)
     worker = BatchingWorker(
         [queue],
@@ -72,6 +89,7 @@ def serve(settings: CommonSettings, model: str, *, name: str | None, threads: in
         policy=BatchPolicy(spec.max_batch_size, spec.max_batch_delay_ms, spec.timeout_s),
         keys=keys,
         model=spec.name,
+        fingerprint=engine.fingerprint,
         name=name or f"{spec.name}-{uuid.uuid4().hex[:8]}",
         connection=connection,
         serializer=JSONSerializer,
@@ -79,10 +97,22 @@ def serve(settings: CommonSettings, model: str, *, name: str | None, threads: in
         maintenance_interval=MAINTENANCE_INTERVAL_S,
         log_job_description=False,
     )
-    info = {"device": engine.device, "dtype": spec.dtype, "fingerprint": engine.fingerprint,
-            "ready_at": str(time.time())}
-    presence = Presence(connection, keys, spec.name, worker.name, info,
-                        healthy=stuck_check(lambda: worker.busy_since, spec.timeout_s + 30))
+    info = {
+        "device": engine.device,
+        "dtype": spec.dtype,
+        "fingerprint": engine.fingerprint,
+        "ready_at": str(time.time()),
+    }
+    reaper = Reaper(connection, keys, spec.name, worker.name)
+    presence = Presence(
+        connection,
+        keys,
+        spec.name,
+        worker.name,
+        info,
+        healthy=stuck_check(lambda: worker.busy_since, lambda: worker.batch_timeout_s),
+        on_tick=reaper.run_once,
+    )
     presence.start()
     log.info("worker %s ready: serving queue %s", worker.name, queue.name)
     try:
@@ -95,8 +125,15 @@ def serve(settings: CommonSettings, model: str, *, name: str | None, threads: in
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in {"config": args.config, "redis_url": args.redis_url,
-                                   "log_format": args.log_format}.items() if v}
+    overrides = {
+        k: v
+        for k, v in {
+            "config": args.config,
+            "redis_url": args.redis_url,
+            "log_format": args.log_format,
+        }.items()
+        if v
+    }
     settings = CommonSettings(**overrides)
     configure_logging(settings.log_format, settings.log_level)
     try:

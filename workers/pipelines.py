@@ -4,6 +4,16 @@ Hub models load with ``from_pretrained`` semantics at their pinned revision; loc
 models load from their folder. Feature extraction uses :class:`SentenceEmbeddingPipeline`, which
 pools token embeddings inside the batched forward pass (with the attention mask, so padding never
 leaks into a mean) and returns one vector per input, as sentence-transformers does.
+
+:func:`build_engine` is what a worker calls: it places the model (``device``, ``dtype``), picks
+the fast path (:mod:`workers.fastpath`, the default) or this module's :class:`PipelineEngine` (the
+reference, with ``fast_path: false``), and applies ``quantize`` and ``compile``
+(:mod:`workers.optimize`) before the worker announces itself.
+
+Threads: a worker sets torch's intra-op threads from ``--threads``, else the entry's ``threads``,
+else torch's default (every core). ``modelgate up`` passes ``--threads`` itself when an entry sets
+none: the host's cores divided among the CPU worker processes it starts (at least one each; see
+:func:`default_threads`), so several CPU workers on one machine do not oversubscribe its cores.
 """
 
 from __future__ import annotations
@@ -13,12 +23,14 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import FeatureExtractionPipeline, Pipeline, pipeline
 
 from contract.config import ModelSpec, resolve_source
+from workers.fastpath import FAST_ENGINES, token_limit
+from workers.optimize import compile_model, quantize_dynamic_int8
 
 log = logging.getLogger("modelgate.worker")
 
@@ -41,10 +53,15 @@ class SentenceEmbeddingPipeline(FeatureExtractionPipeline):
         post = {} if normalize is None else {"normalize": normalize}
         return {"tokenize_kwargs": pre}, {}, post
 
-    def preprocess(self, inputs: Any, tokenize_kwargs: dict[str, Any] | None = None) -> Any:
+    def preprocess(  # type: ignore[override]
+        self, inputs: Any, tokenize_kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        assert self.tokenizer is not None
         return self.tokenizer(inputs, return_tensors="pt", **(tokenize_kwargs or {}))
 
-    def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _forward(  # type: ignore[override]
+        self, model_inputs: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         tokens = self.model(**model_inputs)[0]
         if self.pooling == "cls":
             return {"embeddings": tokens[:, 0]}
@@ -52,7 +69,9 @@ class SentenceEmbeddingPipeline(FeatureExtractionPipeline):
         summed = (tokens * mask).sum(dim=1)
         return {"embeddings": summed / mask.sum(dim=1).clamp(min=1e-9)}
 
-    def postprocess(self, model_outputs: dict[str, torch.Tensor], normalize: bool = True) -> Any:
+    def postprocess(  # type: ignore[override]
+        self, model_outputs: dict[str, torch.Tensor], normalize: bool = True
+    ) -> Any:
         emb = model_outputs["embeddings"].float()
         if normalize:
             emb = torch.nn.functional.normalize(emb, dim=-1)
@@ -111,7 +130,8 @@ class PipelineEngine:
         self.location = resolve_source(spec, base_dir)
         self.device = resolve_device(spec.device)
         started = time.perf_counter()
-        log.info("loading %s (%s) from %s on %s", spec.name, spec.task, spec.source.describe(), self.device)
+        where = spec.source.describe()
+        log.info("loading %s (%s) from %s on %s", spec.name, spec.task, where, self.device)
         self.pipe = self._load()
         self.load_s = time.perf_counter() - started
         log.info("loaded %s in %.1f s", spec.name, self.load_s)
@@ -123,19 +143,66 @@ class PipelineEngine:
             kwargs["revision"] = self.spec.source.revision
         if self.spec.task == "feature-extraction":
             kwargs["pipeline_class"] = SentenceEmbeddingPipeline
-        pipe = pipeline(self.spec.task, model=self.location, **kwargs)
+        pipe: Pipeline = pipeline(self.spec.task, model=self.location, **kwargs)  # type: ignore[call-overload]
         if isinstance(pipe, SentenceEmbeddingPipeline):
             pipe.pooling = self.spec.pooling
         return pipe
+
+    @property
+    def model(self) -> torch.nn.Module:
+        model: torch.nn.Module = self.pipe.model
+        return model
+
+    @property
+    def max_tokens(self) -> int:
+        return token_limit(self.pipe.tokenizer, self.pipe.model.config)
 
     def __call__(self, inputs: list[str], params: dict[str, Any]) -> list[Any]:
         batch = min(len(inputs), self.spec.max_batch_size)
         out = self.pipe(inputs, batch_size=batch, truncation=self.spec.truncation, **params)
         if self.spec.task == "text-classification" and "top_k" not in params:
             out = [o[0] if isinstance(o, list) else o for o in out]
-        return to_json(out)
+        values: list[Any] = to_json(out)
+        return values
 
     def warm_up(self) -> float:
         started = time.perf_counter()
         self(["modelgate warm-up"], {})
         return time.perf_counter() - started
+
+
+class Engine(Protocol):
+    """What a worker serves with: a loaded model, called with a batch of inputs and parameters."""
+
+    spec: ModelSpec
+    device: str
+    fingerprint: str
+
+    @property
+    def model(self) -> torch.nn.Module: ...
+    @property
+    def max_tokens(self) -> int: ...
+    def __call__(self, inputs: list[str], params: dict[str, Any]) -> list[Any]: ...
+    def warm_up(self) -> float: ...
+
+
+def load_engine(spec: ModelSpec, base_dir: str = ".") -> Engine:
+    """The model on its device, as the fast path or (``fast_path: false``) the pipeline."""
+    if not spec.fast_path or spec.task not in FAST_ENGINES:
+        return PipelineEngine(spec, base_dir)
+    location = resolve_source(spec, base_dir)
+    device = resolve_device(spec.device)
+    engine_class = FAST_ENGINES[spec.task]
+    return engine_class(spec, location, device, DTYPES[spec.dtype], fingerprint(spec, location))
+
+
+def build_engine(spec: ModelSpec, base_dir: str = ".") -> Engine:
+    """Load, quantize and compile (as models.yaml asks) the engine a worker serves with."""
+    engine = load_engine(spec, base_dir)
+    if spec.quantize == "dynamic-int8":
+        quantize_dynamic_int8(engine.model)
+    if spec.compile:
+        compile_model(
+            engine.model, engine, max_batch_size=spec.max_batch_size, max_tokens=engine.max_tokens
+        )
+    return engine

@@ -112,7 +112,9 @@ STUCK_GRACE_S = 5.0
 is enforced by SIGALRM; a batch still running after it is stuck where signals cannot reach."""
 
 
-def stuck_check(busy_since: Callable[[], float | None], limit_s: Callable[[], float]) -> Callable[[], bool]:
+def stuck_check(
+    busy_since: Callable[[], float | None], limit_s: Callable[[], float]
+) -> Callable[[], bool]:
     """A ``healthy`` callable: false once the current batch has run ``limit_s()`` + grace."""
 
     def healthy() -> bool:

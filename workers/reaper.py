@@ -21,7 +21,7 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from contract.jobs import ERROR_META_KEY, ERR_WORKER_LOST, Keys
+from contract.jobs import ERR_WORKER_LOST, ERROR_META_KEY, Keys
 
 log = logging.getLogger("modelgate.worker")
 

@@ -67,7 +67,9 @@ def _admit(job: JobLike, now: float) -> JobPayload:
         func_name = job.func_name
         kwargs = job.kwargs
     except Exception as err:  # undecodable data, e.g. a pickled job: never run, never crash
-        raise InferenceError(ERR_BAD_PAYLOAD, f"job data cannot be read as JSON ({type(err).__name__})") from None
+        raise InferenceError(
+            ERR_BAD_PAYLOAD, f"job data cannot be read as JSON ({type(err).__name__})"
+        ) from None
     if func_name not in ALLOWED_FUNCS:
         # Never import or call what a job names: anyone who can write to Redis could choose it.
         raise InferenceError(ERR_FORBIDDEN_FUNC, f"job function {func_name!r} is not allowed")
@@ -76,7 +78,9 @@ def _admit(job: JobLike, now: float) -> JobPayload:
     except (ValueError, TypeError, AttributeError) as err:
         raise InferenceError(ERR_BAD_PAYLOAD, str(err)) from None
     if payload.deadline is not None and payload.deadline < now:
-        raise InferenceError(ERR_DEADLINE_EXCEEDED, "the caller's deadline passed before the job ran")
+        raise InferenceError(
+            ERR_DEADLINE_EXCEEDED, "the caller's deadline passed before the job ran"
+        )
     return payload
 
 

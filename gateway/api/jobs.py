@@ -15,10 +15,14 @@ from gateway.validation import check_parameters, normalize_inputs
 
 router = APIRouter(tags=["jobs"])
 
-CacheControl = Annotated[str | None, Header(description="no-cache: recompute; no-store: no cache at all")]
+CacheControl = Annotated[
+    str | None, Header(description="no-cache: recompute; no-store: no cache at all")
+]
 
 
-@router.post("/models/{name}/jobs", status_code=202, response_model=JobAccepted, responses=ERROR_RESPONSES)
+@router.post(
+    "/models/{name}/jobs", status_code=202, response_model=JobAccepted, responses=ERROR_RESPONSES
+)
 async def submit_job(
     body: PredictRequest,
     spec: SpecDep,
@@ -32,8 +36,13 @@ async def submit_job(
     inputs, single = normalize_inputs(spec, body.inputs, spec.max_job_inputs)
     params = check_parameters(spec, body.parameters)
     job_id = await inference.submit_job(
-        spec, inputs, params, single=single, request_id=request.state.request_id,
-        mode=CacheMode.from_header(cache_control), job_ttl_s=settings.job_ttl_s,
+        spec,
+        inputs,
+        params,
+        single=single,
+        request_id=request.state.request_id,
+        mode=CacheMode.from_header(cache_control),
+        job_ttl_s=settings.job_ttl_s,
         priority=body.priority,
     )
     url = f"/jobs/{job_id}"
@@ -45,15 +54,20 @@ async def submit_job(
 async def get_job(
     job_id: str,
     store: JobStoreDep,
-    wait: Annotated[float | None, Query(ge=0, le=MAX_WAIT_S, description="long-poll seconds")] = None,
+    wait: Annotated[
+        float | None, Query(ge=0, le=MAX_WAIT_S, description="long-poll seconds")
+    ] = None,
 ) -> dict[str, Any]:
     """A job's status; with its outputs once finished, or its error once failed.
     ``?wait=N`` returns as soon as the job ends, or after N seconds."""
     return await store.get(job_id, wait or 0.0)
 
 
-@router.delete("/jobs/{job_id}", response_model=JobState,
-               responses={404: ERROR_RESPONSES[404], 409: {"description": "job already started or ended"}})
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobState,
+    responses={404: ERROR_RESPONSES[404], 409: {"description": "job already started or ended"}},
+)
 async def cancel_job(job_id: str, store: JobStoreDep) -> dict[str, Any]:
     """Cancel a queued job: it will never run. A started or ended job answers 409."""
     return await store.cancel(job_id)

@@ -12,7 +12,9 @@ from gateway.dispatch import Dispatcher
 router = APIRouter(tags=["models"])
 
 
-async def describe(spec: ModelSpec, dispatcher: Dispatcher, with_workers: bool = False) -> ModelInfo:
+async def describe(
+    spec: ModelSpec, dispatcher: Dispatcher, with_workers: bool = False
+) -> ModelInfo:
     load = await dispatcher.load(spec.name)
     workers = None
     if with_workers:
@@ -42,5 +44,5 @@ async def list_models(registry: RegistryDep, dispatcher: DispatcherDep) -> list[
 
 @router.get("/models/{name}", response_model=ModelInfo, responses={404: ERROR_RESPONSES[404]})
 async def get_model(spec: SpecDep, dispatcher: DispatcherDep) -> ModelInfo:
-    """One model: its configuration, live workers (with device and weights fingerprint), queue depth."""
+    """One model: configuration, live workers (device, weights fingerprint), queue depth."""
     return await describe(spec, dispatcher, with_workers=True)

@@ -13,7 +13,9 @@ from gateway.validation import check_parameters, normalize_inputs
 
 router = APIRouter(tags=["inference"])
 
-CacheControl = Annotated[str | None, Header(description="no-cache: recompute; no-store: no cache at all")]
+CacheControl = Annotated[
+    str | None, Header(description="no-cache: recompute; no-store: no cache at all")
+]
 
 
 @router.post("/models/{name}/predict", response_model=PredictResponse, responses=ERROR_RESPONSES)
@@ -30,8 +32,12 @@ async def predict(
     inputs, single = normalize_inputs(spec, body.inputs, spec.max_inputs)
     params = check_parameters(spec, body.parameters)
     result = await inference.predict(
-        spec, inputs, params, request_id=request.state.request_id,
-        mode=CacheMode.from_header(cache_control), priority=body.priority,
+        spec,
+        inputs,
+        params,
+        request_id=request.state.request_id,
+        mode=CacheMode.from_header(cache_control),
+        priority=body.priority,
     )
     response.headers["X-Cache"] = result.cache
     for key, header in (("queue_ms", "X-Queue-Time-Ms"), ("inference_ms", "X-Inference-Time-Ms")):

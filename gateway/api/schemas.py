@@ -12,7 +12,9 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"inputs": "hello world"}, {"inputs": ["a", "b"], "parameters": {}}]},
+        json_schema_extra={
+            "examples": [{"inputs": "hello world"}, {"inputs": ["a", "b"], "parameters": {}}]
+        },
     )
 
     inputs: StrictStr | list[StrictStr] = Field(description="a string, or a list of strings")

@@ -35,14 +35,18 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(request: Request, registry: RegistryDep, dispatcher: DispatcherDep) -> PlainTextResponse:
+async def metrics(
+    request: Request, registry: RegistryDep, dispatcher: DispatcherDep
+) -> PlainTextResponse:
     """Prometheus text format: requests, latency, queue and inference time, batch sizes,
     cache hits, queue depth and live workers per model."""
     body = await request.app.state.metrics.render(registry, dispatcher)
     return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/readyz", responses={503: {"description": "Redis unreachable or a model has no worker"}})
+@router.get(
+    "/readyz", responses={503: {"description": "Redis unreachable or a model has no worker"}}
+)
 async def readyz(registry: RegistryDep, dispatcher: DispatcherDep) -> JSONResponse:
     """Ready when Redis answers and every model has at least one live worker."""
     try:
@@ -52,7 +56,9 @@ async def readyz(registry: RegistryDep, dispatcher: DispatcherDep) -> JSONRespon
         return JSONResponse(err.body(), status_code=503)
     missing = [name for name, n in live.items() if n == 0]
     if missing:
-        body = {"error": {"code": "not_ready", "message": f"no live worker for: {', '.join(missing)}"},
-                "models": live}
+        body = {
+            "error": {"code": "not_ready", "message": f"no live worker for: {', '.join(missing)}"},
+            "models": live,
+        }
         return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready", "models": live})

@@ -22,7 +22,9 @@ def post(stack: Stack, model: str, body: object, **headers: str) -> httpx.Respon
     return httpx.post(f"{stack.url}/models/{model}/predict", json=body, headers=headers, timeout=60)
 
 
-def test_hit_miss_partial_and_the_model_is_not_called_for_a_hit(stack: Stack, redis_client: Redis) -> None:
+def test_hit_miss_partial_and_the_model_is_not_called_for_a_hit(
+    stack: Stack, redis_client: Redis
+) -> None:
     a, b, c = unique("a"), unique("b"), unique("c")
     first = post(stack, "tiny-cls", {"inputs": [a, b]})
     assert first.status_code == 200 and first.headers["x-cache"] == "miss"
@@ -50,15 +52,17 @@ def test_a_parameter_change_is_a_miss(stack: Stack) -> None:
     assert again.headers["x-cache"] == "hit" and again.json() == other.json()
 
 
-def test_single_flight_runs_identical_concurrent_requests_once(stack: Stack, redis_client: Redis) -> None:
+def test_single_flight_runs_identical_concurrent_requests_once(
+    stack: Stack, redis_client: Redis
+) -> None:
     text = unique("flight")
     before = jobs_run(redis_client, "minilm")
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
-            return await asyncio.gather(*(
-                client.post("/models/minilm/predict", json={"inputs": [text]}) for _ in range(8)
-            ))
+            return await asyncio.gather(
+                *(client.post("/models/minilm/predict", json={"inputs": [text]}) for _ in range(8))
+            )
 
     responses = asyncio.run(burst())
     assert all(r.status_code == 200 for r in responses)
@@ -68,8 +72,15 @@ def test_single_flight_runs_identical_concurrent_requests_once(stack: Stack, red
 
 def test_cache_control_no_cache_and_no_store(stack: Stack, redis_client: Redis) -> None:
     text = unique("cc")
-    assert post(stack, "tiny-cls", {"inputs": text}, **{"Cache-Control": "no-store"}).headers["x-cache"] == "miss"
-    assert post(stack, "tiny-cls", {"inputs": text}).headers["x-cache"] == "miss"  # nothing was stored
+    assert (
+        post(stack, "tiny-cls", {"inputs": text}, **{"Cache-Control": "no-store"}).headers[
+            "x-cache"
+        ]
+        == "miss"
+    )
+    assert (
+        post(stack, "tiny-cls", {"inputs": text}).headers["x-cache"] == "miss"
+    )  # nothing was stored
     before = jobs_run(redis_client, "tiny-cls")
     refreshed = post(stack, "tiny-cls", {"inputs": text}, **{"Cache-Control": "no-cache"})
     assert refreshed.headers["x-cache"] == "miss"

@@ -9,11 +9,11 @@ import httpx
 import pytest
 from redis import Redis
 
+from contract.config import load_registry
+from contract.jobs import Keys
 from gateway.app import create_app
 from gateway.dispatch import Dispatcher
 from gateway.settings import GatewaySettings
-from contract.config import load_registry
-from contract.jobs import Keys
 from modelgate.redis_server import free_port
 from tests.conftest import PREFIX, Stack, start_worker, wait_until
 
@@ -37,15 +37,18 @@ def test_unknown_model_is_404(stack: Stack) -> None:
     assert httpx.get(stack.url + "/models/no-such-model").status_code == 404
 
 
-@pytest.mark.parametrize("body", [
-    {"inputs": 5},
-    {"inputs": [1, 2]},
-    {"inputs": []},
-    {},
-    {"inputs": "x", "extra": 1},
-    {"inputs": "x", "parameters": {"device": "cuda"}},
-    {"inputs": "x", "parameters": {"normalize": "maybe"}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"inputs": 5},
+        {"inputs": [1, 2]},
+        {"inputs": []},
+        {},
+        {"inputs": "x", "extra": 1},
+        {"inputs": "x", "parameters": {"device": "cuda"}},
+        {"inputs": "x", "parameters": {"normalize": "maybe"}},
+    ],
+)
 def test_invalid_input_is_422(stack: Stack, body: object) -> None:
     r = post(stack, "minilm", body)
     assert r.status_code == 422, r.text
@@ -53,8 +56,11 @@ def test_invalid_input_is_422(stack: Stack, body: object) -> None:
 
 
 def test_malformed_json_is_422(stack: Stack) -> None:
-    r = httpx.post(f"{stack.url}/models/minilm/predict", content=b"{not json",
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{stack.url}/models/minilm/predict",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 422 and error_of(r) == "invalid_input"
 
 
@@ -69,8 +75,12 @@ def test_too_many_inputs_too_long_input_and_huge_body_are_413(stack: Stack) -> N
     assert r.status_code == 413 and error_of(r) == "payload_too_large"
     r = post(stack, "minilm", {"inputs": ["ok", "y" * 2001]})
     assert r.status_code == 413 and "inputs[1]" in r.json()["error"]["message"]
-    r = httpx.post(f"{stack.url}/models/minilm/predict", content=b"x" * (5 * 1024 * 1024),
-                   headers={"content-type": "application/json"}, timeout=60)
+    r = httpx.post(
+        f"{stack.url}/models/minilm/predict",
+        content=b"x" * (5 * 1024 * 1024),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
     assert r.status_code == 413 and error_of(r) == "payload_too_large"
 
 
@@ -82,14 +92,25 @@ def test_model_without_worker_is_503_at_once(stack: Stack, redis_client: Redis) 
     assert redis_client.llen(f"rq:queue:{PREFIX}:ghost") == 0  # nothing enqueued into a void
 
 
-def test_input_the_model_cannot_take_is_500_inference_failed(stack: Stack) -> None:
-    # tiny-strict has 32 positions and truncation off: a long input makes the model raise.
-    r = post(stack, "tiny-strict", {"inputs": " ".join(["word"] * 100)})
-    assert r.status_code == 500, r.text
-    assert error_of(r) == "inference_failed"
+def test_too_many_tokens_with_truncation_off_is_413(stack: Stack) -> None:
+    # tiny-strict has 32 positions and truncation off: a long input is rejected, not run.
+    r = post(stack, "tiny-strict", {"inputs": ["fine", " ".join(["word"] * 100)]})
+    assert r.status_code == 413, r.text
+    assert error_of(r) == "payload_too_large"
+    assert "at most 32" in r.json()["error"]["message"]
     assert "Traceback" not in r.text
     # the worker survives and serves the next request
     assert post(stack, "tiny-strict", {"inputs": "short"}).status_code == 200
+
+
+def test_input_the_model_raises_on_is_500_inference_failed(stack: Stack) -> None:
+    # tiny-pipe runs the plain transformers pipeline with 32 positions and truncation off:
+    # a long input makes the model itself raise.
+    r = post(stack, "tiny-pipe", {"inputs": " ".join(["word"] * 100)})
+    assert r.status_code == 500, r.text
+    assert error_of(r) == "inference_failed"
+    assert "Traceback" not in r.text
+    assert post(stack, "tiny-pipe", {"inputs": "short"}).status_code == 200
 
 
 def test_stopped_worker_gives_503_within_seconds(stack: Stack) -> None:
@@ -107,8 +128,9 @@ def test_killed_worker_gives_503_within_seconds(stack: Stack) -> None:
     assert post(stack, "victim", {"inputs": "x"}).status_code == 200
     worker.stop(signal.SIGKILL)
     killed = time.monotonic()
-    wait_until(lambda: post(stack, "victim", {"inputs": "x"}).status_code == 503, 10,
-               "503 after SIGKILL")
+    wait_until(
+        lambda: post(stack, "victim", {"inputs": "x"}).status_code == 503, 10, "503 after SIGKILL"
+    )
     assert time.monotonic() - killed < 6
 
 

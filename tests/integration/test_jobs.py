@@ -66,7 +66,9 @@ def test_large_job_beyond_predict_limit(stack: Stack) -> None:
     assert done["status"] == "finished" and len(done["outputs"]) == 150
 
 
-def test_queue_position_cancel_and_long_poll_returning_early(stack: Stack, redis_client: Redis) -> None:
+def test_queue_position_cancel_and_long_poll_returning_early(
+    stack: Stack, redis_client: Redis
+) -> None:
     worker = start_worker(stack.redis_url, stack.config, "victim", "victim-jobs")
     try:
         worker.proc.send_signal(signal.SIGSTOP)
@@ -119,11 +121,14 @@ def test_wait_without_result_returns_after_the_bound(stack: Stack) -> None:
 
 
 def app_for(stack: Stack, **overrides: object) -> tuple[httpx.AsyncClient, Dispatcher]:
-    settings = GatewaySettings(config=str(stack.config), redis_url=stack.redis_url, prefix=PREFIX,
-                               **overrides)  # type: ignore[arg-type]
+    settings = GatewaySettings(
+        config=str(stack.config), redis_url=stack.redis_url, prefix=PREFIX, **overrides
+    )  # type: ignore[arg-type]
     dispatcher = Dispatcher(stack.redis_url, Keys(PREFIX))
     app = create_app(settings, registry=load_registry(stack.config), dispatcher=dispatcher)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw"), dispatcher
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gw"
+    ), dispatcher
 
 
 async def test_results_expire_after_the_job_ttl(stack: Stack) -> None:

@@ -22,8 +22,12 @@ pytestmark = pytest.mark.integration
 
 def test_timing_headers_and_request_id_reach_the_worker_log(stack: Stack) -> None:
     rid = f"trace-{uuid.uuid4().hex[:12]}"
-    r = httpx.post(f"{stack.url}/models/minilm/predict", json={"inputs": f"timed {rid}"},
-                   headers={"X-Request-Id": rid}, timeout=60)
+    r = httpx.post(
+        f"{stack.url}/models/minilm/predict",
+        json={"inputs": f"timed {rid}"},
+        headers={"X-Request-Id": rid},
+        timeout=60,
+    )
     assert r.status_code == 200
     assert r.headers["x-request-id"] == rid
     assert float(r.headers["x-inference-time-ms"]) > 0
@@ -34,9 +38,9 @@ def test_timing_headers_and_request_id_reach_the_worker_log(stack: Stack) -> Non
 
 def metric(text: str, name: str, **labels: str) -> float:
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
+        named = line.startswith(name + "{") or line.startswith(name + " ")
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no sample {name} {labels}")
 
 
@@ -48,8 +52,13 @@ def test_metrics_cover_requests_latency_batches_cache_queues_and_workers(stack: 
     r = httpx.get(stack.url + "/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     body = r.text
-    ok = metric(body, "modelgate_requests_total", model="tiny-cls", endpoint="/models/{name}/predict",
-                status="200")
+    ok = metric(
+        body,
+        "modelgate_requests_total",
+        model="tiny-cls",
+        endpoint="/models/{name}/predict",
+        status="200",
+    )
     assert ok >= 2
     assert metric(body, "modelgate_requests_total", model="tiny-cls", status="422") >= 1
     assert metric(body, "modelgate_request_seconds_count", model="tiny-cls") >= 3
@@ -65,16 +74,29 @@ def test_metrics_cover_requests_latency_batches_cache_queues_and_workers(stack: 
     assert metric(body, "modelgate_batch_size_bucket", model="tiny-cls", le="+Inf") >= 1
 
 
-def test_sigterm_worker_finishes_its_batch_takes_no_more_and_exits_0(stack: Stack, tmp_path: Path) -> None:
+def test_sigterm_worker_finishes_its_batch_takes_no_more_and_exits_0(
+    stack: Stack, tmp_path: Path
+) -> None:
     log = tmp_path / "slowpoke.log"
-    worker = start_worker(stack.redis_url, stack.config, "slowpoke", "slowpoke-term", log_path=log,
-                          MODELGATE_LOG_FORMAT="json")
+    worker = start_worker(
+        stack.redis_url,
+        stack.config,
+        "slowpoke",
+        "slowpoke-term",
+        log_path=log,
+        MODELGATE_LOG_FORMAT="json",
+    )
     texts = [f"sentence {i} of a long batch job that keeps the worker busy" for i in range(400)]
     job = httpx.post(f"{stack.url}/models/slowpoke/jobs", json={"inputs": texts}).json()["job_id"]
-    wait_until(lambda: httpx.get(f"{stack.url}/jobs/{job}").json()["status"] == "started", 30,
-               "the big job to start")
+    wait_until(
+        lambda: httpx.get(f"{stack.url}/jobs/{job}").json()["status"] == "started",
+        30,
+        "the big job to start",
+    )
     worker.proc.send_signal(signal.SIGTERM)
-    later = httpx.post(f"{stack.url}/models/slowpoke/jobs", json={"inputs": "after stop"}).json()["job_id"]
+    later = httpx.post(f"{stack.url}/models/slowpoke/jobs", json={"inputs": "after stop"}).json()[
+        "job_id"
+    ]
     assert worker.proc.wait(timeout=60) == 0
     done = httpx.get(f"{stack.url}/jobs/{job}").json()
     assert done["status"] == "finished" and len(done["outputs"]) == 400
@@ -88,9 +110,13 @@ def test_sigterm_worker_finishes_its_batch_takes_no_more_and_exits_0(stack: Stac
 
 def test_sigterm_gateway_finishes_in_flight_requests(stack: Stack) -> None:
     port = free_port()
-    gateway = subprocess.Popen([sys.executable, "-m", "modelgate", "gateway", "--port", str(port)],
-                               env=process_env(stack.redis_url, stack.config), cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "modelgate", "gateway", "--port", str(port)],
+        env=process_env(stack.redis_url, stack.config),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -104,8 +130,13 @@ def test_sigterm_gateway_finishes_in_flight_requests(stack: Stack) -> None:
         wait_until(up, 60, "second gateway")
         worker.proc.send_signal(signal.SIGSTOP)
         result: dict[str, httpx.Response] = {}
-        t = threading.Thread(target=lambda: result.update(
-            r=httpx.post(url + "/models/victim/predict", json={"inputs": "in flight"}, timeout=30)))
+        t = threading.Thread(
+            target=lambda: result.update(
+                r=httpx.post(
+                    url + "/models/victim/predict", json={"inputs": "in flight"}, timeout=30
+                )
+            )
+        )
         t.start()
         time.sleep(0.5)
         gateway.send_signal(signal.SIGTERM)

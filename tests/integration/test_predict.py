@@ -40,8 +40,15 @@ def test_single_string_gives_one_unit_vector_equal_to_sentence_transformers(
     assert r.headers["x-request-id"]
 
 
-def test_list_keeps_order_and_matches_reference(stack: Stack, reference: SentenceTransformer) -> None:
-    texts = ["a short one", "a considerably longer sentence that pads the others in a batch", "x", ""]
+def test_list_keeps_order_and_matches_reference(
+    stack: Stack, reference: SentenceTransformer
+) -> None:
+    texts = [
+        "a short one",
+        "a considerably longer sentence that pads the others in a batch",
+        "x",
+        "",
+    ]
     r = predict(stack, "minilm", {"inputs": texts})
     assert r.status_code == 200, r.text
     got = np.array(r.json()["outputs"])
@@ -50,7 +57,9 @@ def test_list_keeps_order_and_matches_reference(stack: Stack, reference: Sentenc
     assert np.abs(got - expected).max() < 1e-5
 
 
-def test_normalize_false_returns_raw_mean_pooling(stack: Stack, reference: SentenceTransformer) -> None:
+def test_normalize_false_returns_raw_mean_pooling(
+    stack: Stack, reference: SentenceTransformer
+) -> None:
     r = predict(stack, "minilm", {"inputs": ["hello world"], "parameters": {"normalize": False}})
     assert r.status_code == 200, r.text
     got = np.array(r.json()["outputs"][0])
@@ -68,9 +77,9 @@ def test_fifty_concurrent_distinct_requests_each_get_their_own_answer(
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=stack.url, timeout=120) as client:
-            return await asyncio.gather(*(
-                client.post("/models/minilm/predict", json={"inputs": t}) for t in texts
-            ))
+            return await asyncio.gather(
+                *(client.post("/models/minilm/predict", json={"inputs": t}) for t in texts)
+            )
 
     responses = asyncio.run(run())
     assert [r.status_code for r in responses] == [200] * 50

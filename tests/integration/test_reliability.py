@@ -28,22 +28,34 @@ def worker_of(redis_client: Redis, job_id: str) -> str:
     return (redis_client.hget(f"rq:job:{job_id}", "worker_name") or b"").decode()
 
 
-def test_killed_worker_jobs_are_requeued_once_then_fail_worker_lost(stack: Stack, redis_client: Redis) -> None:
-    workers = {w.name: w for w in (
-        start_worker(stack.redis_url, stack.config, "slowpoke", "slow-a"),
-        start_worker(stack.redis_url, stack.config, "slowpoke", "slow-b"),
-    )}
+def test_killed_worker_jobs_are_requeued_once_then_fail_worker_lost(
+    stack: Stack, redis_client: Redis
+) -> None:
+    workers = {
+        w.name: w
+        for w in (
+            start_worker(stack.redis_url, stack.config, "slowpoke", "slow-a"),
+            start_worker(stack.redis_url, stack.config, "slowpoke", "slow-b"),
+        )
+    }
     try:
         texts = [f"a sentence in a long job, number {i}" for i in range(600)]
-        job = httpx.post(f"{stack.url}/models/slowpoke/jobs", json={"inputs": texts}).json()["job_id"]
+        job = httpx.post(f"{stack.url}/models/slowpoke/jobs", json={"inputs": texts}).json()[
+            "job_id"
+        ]
         wait_until(lambda: job_state(stack, job)["status"] == "started", 30, "job start")
         first = worker_of(redis_client, job)
         workers[first].stop(signal.SIGKILL)
         killed = time.monotonic()
         survivor = next(n for n in workers if n != first)
-        wait_until(lambda: worker_of(redis_client, job) == survivor
-                   and job_state(stack, job)["status"] in ("started", "finished"), 15,
-                   "the job to be requeued to the surviving worker")
+        wait_until(
+            lambda: (
+                worker_of(redis_client, job) == survivor
+                and job_state(stack, job)["status"] in ("started", "finished")
+            ),
+            15,
+            "the job to be requeued to the surviving worker",
+        )
         assert time.monotonic() - killed < 15
         meta = JSONSerializer.loads(redis_client.hget(f"rq:job:{job}", "meta"))
         assert meta["recoveries"] == 1
@@ -60,14 +72,19 @@ def test_killed_worker_jobs_are_requeued_once_then_fail_worker_lost(stack: Stack
             w.stop(signal.SIGKILL)
 
 
-def test_sync_caller_gets_the_answer_when_its_worker_is_killed(stack: Stack, redis_client: Redis) -> None:
+def test_sync_caller_gets_the_answer_when_its_worker_is_killed(
+    stack: Stack, redis_client: Redis
+) -> None:
     a = start_worker(stack.redis_url, stack.config, "slowpoke", "slow-sync-a")
     b = start_worker(stack.redis_url, stack.config, "slowpoke", "slow-sync-b")
     workers = {a.name: a, b.name: b}
     result: dict[str, httpx.Response] = {}
     texts = [f"synchronous but long input number {i}" for i in range(64)] * 1
-    t = threading.Thread(target=lambda: result.update(r=httpx.post(
-        f"{stack.url}/models/slowpoke/predict", json={"inputs": texts}, timeout=90)))
+    t = threading.Thread(
+        target=lambda: result.update(
+            r=httpx.post(f"{stack.url}/models/slowpoke/predict", json={"inputs": texts}, timeout=90)
+        )
+    )
     try:
         t.start()
         started_key = f"rq:wip:{PREFIX}:slowpoke"
@@ -106,7 +123,9 @@ def test_job_of_a_caller_answered_504_never_runs(stack: Stack) -> None:
     worker = start_worker(stack.redis_url, stack.config, "victim", "victim-deadline")
     try:
         worker.proc.send_signal(signal.SIGSTOP)
-        r = httpx.post(f"{stack.url}/models/victim/predict", json={"inputs": "too late"}, timeout=30)
+        r = httpx.post(
+            f"{stack.url}/models/victim/predict", json={"inputs": "too late"}, timeout=30
+        )
         assert r.status_code == 504
         job_id = r.json()["error"]["job_id"]
         worker.proc.send_signal(signal.SIGCONT)
@@ -126,8 +145,9 @@ def test_high_priority_jumps_the_queue(stack: Stack) -> None:
         worker.proc.send_signal(signal.SIGSTOP)
         ids = {}
         for name, prio in (("a", "low"), ("b", "low"), ("c", "high")):
-            r = httpx.post(f"{stack.url}/models/victim/jobs",
-                           json={"inputs": f"prio {name}", "priority": prio})
+            r = httpx.post(
+                f"{stack.url}/models/victim/jobs", json={"inputs": f"prio {name}", "priority": prio}
+            )
             assert r.status_code == 202
             ids[name] = r.json()["job_id"]
         worker.proc.send_signal(signal.SIGCONT)
@@ -140,7 +160,9 @@ def test_high_priority_jumps_the_queue(stack: Stack) -> None:
         worker.stop()
 
 
-def test_a_job_naming_another_function_is_refused(stack: Stack, redis_client: Redis, tmp_path: Path) -> None:
+def test_a_job_naming_another_function_is_refused(
+    stack: Stack, redis_client: Redis, tmp_path: Path
+) -> None:
     target = tmp_path / "pwned"
     queue = Queue(f"{PREFIX}:tiny-cls", connection=redis_client, serializer=JSONSerializer)
     before = jobs_run(redis_client, "tiny-cls")
@@ -151,14 +173,27 @@ def test_a_job_naming_another_function_is_refused(stack: Stack, redis_client: Re
     assert meta["error"]["code"] == "forbidden_function"
     assert jobs_run(redis_client, "tiny-cls") == before + 1
     # a job whose data is not JSON (e.g. pickle) is refused too, and the worker lives on
-    bogus = Job.create("workers.tasks.predict", kwargs={"inputs": ["x"]}, connection=redis_client,
-                       serializer=JSONSerializer, result_ttl=60, failure_ttl=60)
+    bogus = Job.create(
+        "workers.tasks.predict",
+        kwargs={"inputs": ["x"]},
+        connection=redis_client,
+        serializer=JSONSerializer,
+        result_ttl=60,
+        failure_ttl=60,
+    )
     bogus.origin = queue.name
     bogus.save()
-    redis_client.hset(bogus.key, mapping={"data": b"\x80\x04\x95garbage-pickle", "status": "queued"})
+    redis_client.hset(
+        bogus.key, mapping={"data": b"\x80\x04\x95garbage-pickle", "status": "queued"}
+    )
     redis_client.rpush(queue.key, bogus.id)
-    wait_until(lambda: bogus.get_status(refresh=True) == "failed", 15, "the pickled job to be refused")
-    ok = httpx.post(f"{stack.url}/models/tiny-cls/predict", json={"inputs": "still alive?"},
-                    headers={"Cache-Control": "no-store"})
+    wait_until(
+        lambda: bogus.get_status(refresh=True) == "failed", 15, "the pickled job to be refused"
+    )
+    ok = httpx.post(
+        f"{stack.url}/models/tiny-cls/predict",
+        json={"inputs": "still alive?"},
+        headers={"Cache-Control": "no-store"},
+    )
     assert ok.status_code == 200
     assert json.loads(json.dumps(ok.json()))["outputs"]["label"]

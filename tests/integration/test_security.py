@@ -20,11 +20,15 @@ from tests.conftest import PREFIX, ROOT, Stack
 pytestmark = pytest.mark.integration
 
 
-def client_for(stack: Stack, redis_url: str, **settings: object) -> tuple[httpx.AsyncClient, Dispatcher]:
+def client_for(
+    stack: Stack, redis_url: str, **settings: object
+) -> tuple[httpx.AsyncClient, Dispatcher]:
     cfg = GatewaySettings(config=str(stack.config), redis_url=redis_url, prefix=PREFIX, **settings)  # type: ignore[arg-type]
     dispatcher = Dispatcher(redis_url, Keys(PREFIX))
     app = create_app(cfg, registry=load_registry(stack.config), dispatcher=dispatcher)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw"), dispatcher
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gw"
+    ), dispatcher
 
 
 async def test_api_keys_guard_everything_but_the_probes(stack: Stack, tmp_path: object) -> None:
@@ -35,13 +39,19 @@ async def test_api_keys_guard_everything_but_the_probes(stack: Stack, tmp_path: 
             assert r.status_code == 401, path
             assert r.json()["error"]["code"] == "unauthorized"
             assert r.headers["www-authenticate"] == "Bearer"
-        r = await client.post("/models/tiny-cls/predict", json={"inputs": "x"},
-                              headers={"Authorization": "Bearer wrong-key"})
+        r = await client.post(
+            "/models/tiny-cls/predict",
+            json={"inputs": "x"},
+            headers={"Authorization": "Bearer wrong-key"},
+        )
         assert r.status_code == 401
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/readyz")).status_code in (200, 503)
-        ok = await client.post("/models/tiny-cls/predict", json={"inputs": "x"},
-                               headers={"Authorization": "Bearer s3cret-key"})
+        ok = await client.post(
+            "/models/tiny-cls/predict",
+            json={"inputs": "x"},
+            headers={"Authorization": "Bearer s3cret-key"},
+        )
         assert ok.status_code == 200
     await dispatcher.close()
 
@@ -54,8 +64,13 @@ def test_key_file_and_bad_hashes(tmp_path: object) -> None:
     assert load_key_hashes("", str(f)) == {hash_key("a"), hash_key("b")}
     with pytest.raises(ValueError, match="not SHA-256"):
         load_key_hashes("plaintext-key", None)
-    out = subprocess.run([sys.executable, "-m", "modelgate", "hash-key", "a"], capture_output=True,
-                         text=True, cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "modelgate", "hash-key", "a"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert out.stdout.strip() == hash_key("a")
 
 

@@ -42,11 +42,23 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def start_up(tmp_path: Path, model_dirs: dict[str, Path], ignore_sigint: bool) -> tuple[subprocess.Popen[str], int]:
+def start_up(
+    tmp_path: Path, model_dirs: dict[str, Path], ignore_sigint: bool
+) -> tuple[subprocess.Popen[str], int]:
     config = tmp_path / "models.yaml"
-    config.write_text(yaml.safe_dump({"models": [
-        {"name": "tiny", "task": "text-classification", "source": {"path": str(model_dirs["tiny"])}},
-    ]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {
+                        "name": "tiny",
+                        "task": "text-classification",
+                        "source": {"path": str(model_dirs["tiny"])},
+                    },
+                ]
+            }
+        )
+    )
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MODELGATE_PREFIX")}
 
@@ -58,7 +70,12 @@ def start_up(tmp_path: Path, model_dirs: dict[str, Path], ignore_sigint: bool) -
     log = open(tmp_path / "up.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelgate", "up", "--config", str(config), "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=preexec,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -72,13 +89,16 @@ def start_up(tmp_path: Path, model_dirs: dict[str, Path], ignore_sigint: bool) -
 
 
 @pytest.mark.parametrize(("sig", "ignore_sigint"), [(signal.SIGTERM, False), (signal.SIGINT, True)])
-def test_up_serves_then_stops_everything(tmp_path: Path, model_dirs: dict[str, Path],
-                                         sig: int, ignore_sigint: bool) -> None:
+def test_up_serves_then_stops_everything(
+    tmp_path: Path, model_dirs: dict[str, Path], sig: int, ignore_sigint: bool
+) -> None:
     proc, port = start_up(tmp_path, model_dirs, ignore_sigint)
     try:
         kids = children_of(proc.pid)
         assert len(kids) >= 3  # redis-server, a worker, the gateway
-        r = httpx.post(f"http://127.0.0.1:{port}/models/tiny/predict", json={"inputs": "hello"}, timeout=30)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/models/tiny/predict", json={"inputs": "hello"}, timeout=30
+        )
         assert r.status_code == 200 and r.json()["outputs"]["label"] in {"negative", "positive"}
         proc.send_signal(sig)
         assert proc.wait(timeout=40) == 0
@@ -102,7 +122,9 @@ def worker_pids(parent: int) -> set[int]:
     return pids
 
 
-def test_up_replaces_a_worker_that_stops_heart_beating(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+def test_up_replaces_a_worker_that_stops_heart_beating(
+    tmp_path: Path, model_dirs: dict[str, Path]
+) -> None:
     proc, port = start_up(tmp_path, model_dirs, ignore_sigint=False)
     try:
         (hung,) = worker_pids(proc.pid)

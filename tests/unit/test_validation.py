@@ -8,9 +8,18 @@ from contract.config import parse_registry
 from gateway.errors import InvalidInput, PayloadTooLarge
 from gateway.validation import check_parameters, normalize_inputs
 
-SPEC = parse_registry({"models": [{
-    "name": "m", "task": "text-classification", "source": {"path": "/m"}, "max_chars": 5,
-}]}).models[0]
+SPEC = parse_registry(
+    {
+        "models": [
+            {
+                "name": "m",
+                "task": "text-classification",
+                "source": {"path": "/m"},
+                "max_chars": 5,
+            }
+        ]
+    }
+).models[0]
 
 
 def test_string_and_list_inputs() -> None:

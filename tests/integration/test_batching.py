@@ -1,0 +1,65 @@
+"""Dynamic batching in the workers: batches form, answers stay each request's own, a poisoned
+input fails only its own request, and the models.yaml knobs are honoured."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+from redis import Redis
+
+from contract.config import load_registry
+from tests.conftest import PREFIX, Stack
+from workers.pipelines import build_engine
+
+pytestmark = pytest.mark.integration
+
+
+def batch_sizes(client: Redis, model: str) -> dict[int, int]:
+    raw = client.hgetall(f"{PREFIX}:stats:{model}")
+    return {int(k.split(b":")[1]): int(v) for k, v in raw.items() if k.startswith(b"batch_size:")}
+
+
+async def burst(stack: Stack, model: str, bodies: list[object]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=120) as client:
+        return await asyncio.gather(
+            *(
+                client.post(
+                    f"/models/{model}/predict", json=b, headers={"Cache-Control": "no-store"}
+                )
+                for b in bodies
+            )
+        )
+
+
+def test_concurrent_requests_form_batches_and_keep_their_own_answers(
+    stack: Stack, redis_client: Redis
+) -> None:
+    registry = load_registry(stack.config)
+    spec = registry.get("tiny-pipe")
+    assert spec is not None
+    reference = build_engine(spec, registry.base_dir)
+    texts = [f"request {i} says {'good' if i % 3 else 'bad'} things" for i in range(40)]
+    before = batch_sizes(redis_client, "tiny-pipe")
+    responses = asyncio.run(burst(stack, "tiny-pipe", [{"inputs": t} for t in texts]))
+    assert [r.status_code for r in responses] == [200] * 40
+    expected = reference(texts, {})
+    for r, want in zip(responses, expected, strict=True):
+        got = r.json()["outputs"]
+        assert got["label"] == want["label"]
+        assert np.isclose(got["score"], want["score"], atol=1e-5)
+    after = batch_sizes(redis_client, "tiny-pipe")
+    new = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    assert max(s for s, n in new.items() if n > 0) > 1, new  # batches really formed
+    assert max(new) <= spec.max_batch_size  # the knob from models.yaml holds
+
+
+def test_a_poisoned_input_fails_only_its_own_request(stack: Stack) -> None:
+    bodies: list[object] = [{"inputs": f"innocent {i}"} for i in range(12)]
+    bodies.insert(5, {"inputs": " ".join(["poison"] * 100)})  # more positions than the model has
+    responses = asyncio.run(burst(stack, "tiny-pipe", bodies))
+    codes = [r.status_code for r in responses]
+    assert codes[5] == 500 and responses[5].json()["error"]["code"] == "inference_failed"
+    assert codes[:5] + codes[6:] == [200] * 12
