@@ -19,9 +19,12 @@ from typing import Any
 import redis.asyncio as aredis
 from anyio import to_thread
 from redis import Redis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -110,11 +113,23 @@ class Dispatcher:
     def __init__(self, redis_url: str, keys: Keys, *, connect_timeout_s: float = 1.0) -> None:
         self.keys = keys
         common = {"socket_connect_timeout": connect_timeout_s, "health_check_interval": 5}
-        self.sync = Redis.from_url(redis_url, socket_timeout=2.0, **common)
-        self.conn = aredis.Redis.from_url(redis_url, socket_timeout=2.0, **common)
+        # After a Redis restart every pooled connection is dead and fails its next command once:
+        # retry that once, at once, on a new connection. A Redis that is down still fails in
+        # milliseconds (refused twice); timeouts are not retried, so their bound stays.
+        once = (RedisConnectionError,)
+        self.sync = Redis.from_url(
+            redis_url, socket_timeout=2.0, retry=Retry(NoBackoff(), 1, once), **common
+        )
+        self.conn = aredis.Redis.from_url(
+            redis_url, socket_timeout=2.0, retry=AsyncRetry(NoBackoff(), 1, once), **common
+        )
         # Blocking reads wait up to a request's deadline: no socket timeout, bounded by wait_for.
         self.blocking = aredis.Redis.from_url(
-            redis_url, socket_timeout=None, max_connections=4096, **common
+            redis_url,
+            socket_timeout=None,
+            max_connections=4096,
+            retry=AsyncRetry(NoBackoff(), 1, once),
+            **common,
         )
         self._live = self.conn.register_script(_LIVE)
         self._live_names = self.conn.register_script(_LIVE_NAMES)

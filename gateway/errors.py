@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -138,10 +139,23 @@ async def _on_validation_error(_: Request, err: Exception) -> JSONResponse:
     return error_response(InvalidInput(message, problems=problems))
 
 
-async def _on_http_error(_: Request, err: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str:
+    """Every method the API declares for this path (all matching templates, not just one)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        if compile_path(template)[0].match(request.url.path):
+            methods |= {m.upper() for m in operations}
+    return ", ".join(sorted(methods))
+
+
+async def _on_http_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, StarletteHTTPException)
     if err.status_code == 405:
-        return error_response(MethodNotAllowed("method not allowed on this path"))
+        not_allowed = MethodNotAllowed("method not allowed on this path")
+        not_allowed.headers["Allow"] = _allowed_methods(request)
+        return error_response(not_allowed)
+    if err.status_code == 400:
+        return error_response(InvalidInput("the request body could not be read as JSON"))
     if err.status_code == 413:
         return error_response(PayloadTooLarge("request body is too large"))
     if err.status_code == 404:

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
-from anyio import to_thread
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.intermediate_queue import IntermediateQueue
-from rq.job import Job, JobStatus
+from rq.job import Job
 from rq.queue import Queue
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from gateway.dispatch import Dispatcher, _aredis_errors, _redis_errors
+from gateway.dispatch import Dispatcher, _aredis_errors
 from gateway.errors import JobNotCancelable, UnknownJob
 
 TERMINAL = {"finished", "failed", "canceled", "stopped"}
@@ -28,6 +27,22 @@ MAX_WAIT_S = 60.0
 """Longest ``?wait=`` a client may ask for."""
 
 
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'canceled' then return 'canceled' end
+if status ~= 'queued' then return status or 'unknown' end
+if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then
+  return 'already taken by a worker'
+end
+redis.call('HSET', KEYS[1], 'status', 'canceled')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return 'canceled'
+"""
+"""Cancel only what no worker has taken: the job's id must still be in the queue list, and
+removing it there is what makes it canceled, in one atomic step."""
+
+
 class JobStore:
     """Reads and cancels the jobs the gateway created."""
 
@@ -35,6 +50,7 @@ class JobStore:
         self.dispatcher = dispatcher
         self.conn = dispatcher.conn
         self.job_ttl_s = job_ttl_s
+        self._cancel = self.conn.register_script(_CANCEL)
 
     async def _hash(self, job_id: str) -> dict[str, str]:
         if not job_id.isalnum() or len(job_id) > 64:
@@ -75,10 +91,10 @@ class JobStore:
             "job_id": job_id,
             "model": meta.get("model"),
             "status": status,
-            "created_at": data.get("created_at"),
-            "enqueued_at": data.get("enqueued_at"),
-            "started_at": data.get("started_at"),
-            "ended_at": data.get("ended_at"),
+            "created_at": data.get("created_at") or None,
+            "enqueued_at": data.get("enqueued_at") or None,
+            "started_at": data.get("started_at") or None,
+            "ended_at": data.get("ended_at") or None,
         }
         if status == "queued":
             body["position"] = await self._position(job_id, data["origin"])
@@ -121,30 +137,21 @@ class JobStore:
         return list(result.return_value["outputs"])
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
-        await self._hash(job_id)
-        outcome = await to_thread.run_sync(self._cancel, job_id)
-        if outcome not in ("canceled",):
+        data = await self._hash(job_id)
+        queue_key = Queue.redis_queue_namespace_prefix + data["origin"]
+        canceled_key = f"rq:canceled:{data['origin']}"
+        async with _aredis_errors():
+            outcome = await self._cancel(
+                keys=[Job.key_for(job_id), queue_key, canceled_key],
+                args=[job_id, self.job_ttl_s, int(time.time()) + self.job_ttl_s],
+            )
+        outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+        if outcome != "canceled":
             raise JobNotCancelable(
-                f"job {job_id!r} is {outcome}; only queued jobs can be canceled", status=outcome
+                f"job {job_id!r} is {outcome}; only a job still in the queue can be canceled",
+                status=outcome,
             )
         return await self.get(job_id)
-
-    def _cancel(self, job_id: str) -> str:
-        with _redis_errors():
-            try:
-                job = Job.fetch(job_id, connection=self.dispatcher.sync, serializer=JSONSerializer)
-            except NoSuchJobError:
-                raise UnknownJob(f"no job {job_id!r} (unknown or expired)") from None
-            status = job.get_status()
-            if status == JobStatus.CANCELED:
-                return "canceled"
-            if status not in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
-                return str(status.value if status else "unknown")
-            with contextlib.suppress(InvalidJobOperation):
-                job.cancel()
-            # RQ keeps a canceled job's hash without expiry; nothing may stay in Redis forever.
-            self.dispatcher.sync.expire(job.key, self.job_ttl_s)
-            return "canceled"
 
 
 def wait_param(wait: float | None) -> float:

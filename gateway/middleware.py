@@ -109,7 +109,7 @@ class RequestContextMiddleware:
         model = scope.get("path_params", {}).get("name", "-")
         self.metrics.observe_request(model, endpoint, status, seconds)
         log.info(
-            "%s %s %d %.1f ms",
+            "%s %r %d %.1f ms",
             scope["method"],
             scope["path"],
             status,

@@ -23,6 +23,9 @@ def normalize_inputs(
             limit=max_inputs,
         )
     for i, text in enumerate(items):
+        if not _encodable(text):
+            where = "inputs" if single else f"inputs[{i}]"
+            raise InvalidInput(f"{where}: not valid Unicode text (lone surrogate)")
         if len(text) > spec.max_chars:
             where = "inputs" if single else f"inputs[{i}]"
             raise PayloadTooLarge(
@@ -30,6 +33,14 @@ def normalize_inputs(
                 limit=spec.max_chars,
             )
     return items, single
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_parameters(spec: ModelSpec, params: dict[str, Any] | None) -> dict[str, Any]:

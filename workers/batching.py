@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -37,6 +38,12 @@ HEARTBEAT_EVERY_S = 1.0
 
 POLL_INTERVAL_S = 0.0005
 """Poll step while a batch waits ``max_batch_delay_ms`` for more jobs."""
+
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+"""What a Redis restart or outage raises. RQ's work loop quits on these outside its dequeue."""
+
+REDIS_RETRY_S = 30.0
+"""How long a batch keeps retrying its start or its results while Redis is away."""
 
 
 @dataclass(frozen=True)
@@ -95,14 +102,38 @@ class BatchingWorker(SimpleWorker):
             and (now() - last).total_seconds() < HEARTBEAT_EVERY_S
         ):
             return
-        with self.connection.pipeline() as pipe:
-            super().heartbeat(timeout, pipeline=pipe)
-            pipe.execute()
+        try:
+            with self.connection.pipeline() as pipe:
+                super().heartbeat(timeout, pipeline=pipe)
+                pipe.execute()
+        except REDIS_DOWN as err:
+            self.log.warning("heartbeat skipped, Redis unreachable: %s", err)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
-        if pipeline is None and state == self._state:
+        if pipeline is not None:
+            super().set_state(state, pipeline=pipeline)
+            return
+        if state == self._state:
             return  # unchanged: no round trip
-        super().set_state(state, pipeline=pipeline)
+        try:
+            super().set_state(state)
+        except REDIS_DOWN as err:
+            self.log.warning("state %s not recorded, Redis unreachable: %s", state, err)
+
+    # RQ's work() quits on a Redis error anywhere but in its dequeue ("unhandled exception,
+    # quitting"). A Redis restart must not end the worker: skip the step; the dequeue that
+    # follows backs off (max_connection_wait_time) until Redis is back.
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except REDIS_DOWN as err:
+            self.log.warning("suspension check skipped, Redis unreachable: %s", err)
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        except REDIS_DOWN as err:
+            self.log.warning("maintenance skipped, Redis unreachable: %s", err)
 
     def _install_signal_handlers(self) -> None:
         # Under `modelgate up` the terminal's Ctrl-C reaches the whole process group; the
@@ -119,12 +150,30 @@ class BatchingWorker(SimpleWorker):
         self.busy_since = time.monotonic()
         try:
             jobs = self._collect(job, queue)
-            executions = self._start(jobs, queue)
+            # A transaction that raised may still have been applied (Redis stopping after EXEC):
+            # replaying it is harmless; giving up would leave jobs STARTED by a live worker.
+            executions = self._retrying(lambda: self._start(jobs, queue))
             outcomes, elapsed_ms = self._run(jobs)
-            self._finish(jobs, executions, outcomes, queue, elapsed_ms)
+            self._retrying(lambda: self._finish(jobs, executions, outcomes, queue, elapsed_ms))
+        except REDIS_DOWN as err:
+            self.log.error("batch abandoned, Redis unreachable for %.0f s: %s", REDIS_RETRY_S, err)
         finally:
             self.busy_since = None
             self.set_state(WorkerStatus.IDLE)
+
+    def _retrying(self, step: Callable[[], Any]) -> Any:
+        """Run a batch's Redis step until Redis answers: its results are worth the wait."""
+        give_up = time.monotonic() + REDIS_RETRY_S
+        pause = 0.1
+        while True:
+            try:
+                return step()
+            except REDIS_DOWN as err:
+                if time.monotonic() + pause > give_up:
+                    raise
+                self.log.warning("Redis unreachable, retrying in %.1f s: %s", pause, err)
+                time.sleep(pause)
+                pause = min(1.0, pause * 2)
 
     def _items(self, jobs: list[Job]) -> int:
         total = 0
@@ -140,10 +189,18 @@ class BatchingWorker(SimpleWorker):
         jobs = [first]
         deadline = time.monotonic() + self.policy.max_delay_ms / 1000
         while (room := self.policy.max_size - self._items(jobs)) > 0:
-            ids = self._drain_ids(queue, room, deadline)
+            try:
+                ids = self._drain_ids(queue, room, deadline)
+            except REDIS_DOWN:
+                break  # ids already moved stay in the intermediate list: the reaper requeues them
             if not ids:
                 break
-            fetched = Job.fetch_many(ids, connection=self.connection, serializer=self.serializer)
+            try:
+                fetched = Job.fetch_many(
+                    ids, connection=self.connection, serializer=self.serializer
+                )
+            except REDIS_DOWN:
+                break
             for job_id, job in zip(ids, fetched, strict=True):
                 if job is None or job.get_status(refresh=False) == JobStatus.CANCELED:
                     # Expired, deleted or canceled while queued: drop it, never run it.

@@ -31,6 +31,7 @@ from transformers import FeatureExtractionPipeline, Pipeline, pipeline
 from contract.config import ModelSpec, resolve_source
 from workers.fastpath import FAST_ENGINES, token_limit
 from workers.optimize import compile_model, quantize_dynamic_int8
+from workers.tasks import InputTooLong
 
 log = logging.getLogger("modelgate.worker")
 
@@ -157,7 +158,19 @@ class PipelineEngine:
     def max_tokens(self) -> int:
         return token_limit(self.pipe.tokenizer, self.pipe.model.config)
 
+    def _check_lengths(self, inputs: list[str]) -> None:
+        """With truncation off, refuse an input the model cannot take before running it."""
+        limit = self.max_tokens
+        lengths = [len(ids) for ids in self.pipe.tokenizer(inputs)["input_ids"]]
+        if max(lengths, default=0) > limit:
+            raise InputTooLong(
+                f"an input has {max(lengths)} tokens but model {self.spec.name!r} takes at most "
+                f"{limit} and its truncation is off"
+            )
+
     def __call__(self, inputs: list[str], params: dict[str, Any]) -> list[Any]:
+        if not self.spec.truncation:
+            self._check_lengths(inputs)
         batch = min(len(inputs), self.spec.max_batch_size)
         out = self.pipe(inputs, batch_size=batch, truncation=self.spec.truncation, **params)
         if self.spec.task == "text-classification" and "top_k" not in params:

@@ -36,6 +36,10 @@ return 1
 """
 
 
+RECONNECT_GRACE_S = PRESENCE_TTL_S + HEARTBEAT_INTERVAL_S
+"""How long a worker's tick waits after a failed heartbeat before it runs again."""
+
+
 class Presence:
     """Announces one worker of one model while ``healthy()`` says its main loop is alive."""
 
@@ -82,15 +86,22 @@ class Presence:
         self._thread.start()
 
     def _loop(self) -> None:
+        connected_since: float | None = time.monotonic()
         while not self._stop.wait(HEARTBEAT_INTERVAL_S):
             if not self.healthy():
                 log.error("main loop stuck past its deadline: withdrawing presence")
                 continue
             try:
                 self.renew()
-                if self.on_tick is not None:
+                if connected_since is None:
+                    connected_since = time.monotonic()
+                # Right after Redis comes back every worker's presence has lapsed: give the live
+                # ones time to renew theirs before the tick (the reaper) judges any of them dead.
+                settled = time.monotonic() - connected_since >= RECONNECT_GRACE_S
+                if self.on_tick is not None and settled:
                     self.on_tick()
             except RedisError as err:
+                connected_since = None
                 log.warning("presence heartbeat failed: %s", err)
             except Exception:  # the heartbeat must outlive any bug in a tick
                 log.exception("presence tick failed")

@@ -50,7 +50,11 @@ async def submit_job(
     return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": url})
 
 
-@router.get("/jobs/{job_id}", response_model=JobState, responses={404: ERROR_RESPONSES[404]})
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobState,
+    responses={404: ERROR_RESPONSES[404], 422: ERROR_RESPONSES[422]},
+)
 async def get_job(
     job_id: str,
     store: JobStoreDep,
@@ -66,7 +70,11 @@ async def get_job(
 @router.delete(
     "/jobs/{job_id}",
     response_model=JobState,
-    responses={404: ERROR_RESPONSES[404], 409: {"description": "job already started or ended"}},
+    responses={
+        404: ERROR_RESPONSES[404],
+        422: ERROR_RESPONSES[422],
+        409: {"description": "job already started or ended"},
+    },
 )
 async def cancel_job(job_id: str, store: JobStoreDep) -> dict[str, Any]:
     """Cancel a queued job: it will never run. A started or ended job answers 409."""

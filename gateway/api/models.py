@@ -42,7 +42,11 @@ async def list_models(registry: RegistryDep, dispatcher: DispatcherDep) -> list[
     return [await describe(spec, dispatcher) for spec in registry.models]
 
 
-@router.get("/models/{name}", response_model=ModelInfo, responses={404: ERROR_RESPONSES[404]})
+@router.get(
+    "/models/{name}",
+    response_model=ModelInfo,
+    responses={404: ERROR_RESPONSES[404], 422: ERROR_RESPONSES[422]},
+)
 async def get_model(spec: SpecDep, dispatcher: DispatcherDep) -> ModelInfo:
     """One model: configuration, live workers (device, weights fingerprint), queue depth."""
     return await describe(spec, dispatcher, with_workers=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
@@ -17,7 +17,9 @@ class PredictRequest(BaseModel):
         },
     )
 
-    inputs: StrictStr | list[StrictStr] = Field(description="a string, or a list of strings")
+    inputs: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] = Field(
+        description="a string, or a non-empty list of strings"
+    )
     parameters: dict[str, Any] | None = Field(
         default=None, description="task parameters; each task accepts its own allowlist"
     )

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import signal
+import uuid
 import time
 
 import httpx
 import pytest
 from redis import Redis
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
 
 from contract.config import load_registry
-from contract.jobs import Keys
+from contract.jobs import PREDICT_FUNC, Keys
 from gateway.app import create_app
 from gateway.dispatch import Dispatcher
 from gateway.settings import GatewaySettings
@@ -103,14 +106,32 @@ def test_too_many_tokens_with_truncation_off_is_413(stack: Stack) -> None:
     assert post(stack, "tiny-strict", {"inputs": "short"}).status_code == 200
 
 
-def test_input_the_model_raises_on_is_500_inference_failed(stack: Stack) -> None:
-    # tiny-pipe runs the plain transformers pipeline with 32 positions and truncation off:
-    # a long input makes the model itself raise.
+def test_too_many_tokens_on_the_pipeline_engine_is_413_too(stack: Stack) -> None:
+    # tiny-pipe runs the plain transformers pipeline (fast_path: false), 32 positions.
     r = post(stack, "tiny-pipe", {"inputs": " ".join(["word"] * 100)})
-    assert r.status_code == 500, r.text
-    assert error_of(r) == "inference_failed"
-    assert "Traceback" not in r.text
+    assert r.status_code == 413 and error_of(r) == "payload_too_large", r.text
     assert post(stack, "tiny-pipe", {"inputs": "short"}).status_code == 200
+
+
+def test_a_job_the_model_raises_on_fails_with_inference_failed(
+    stack: Stack, redis_client: Redis
+) -> None:
+    # Written straight into Redis, past the gateway's validation: the pipeline itself raises.
+    queue = Queue(f"{PREFIX}:tiny-pipe", connection=redis_client, serializer=JSONSerializer)
+    job = queue.enqueue(
+        PREDICT_FUNC,
+        kwargs={"inputs": ["x"], "parameters": {"function_to_apply": "bogus"}},
+        meta={"model": "tiny-pipe"},
+        result_ttl=60,
+        failure_ttl=60,
+        job_id=uuid.uuid4().hex,
+    )
+    wait_until(lambda: job.get_status(refresh=True) == "failed", 15, "the job to fail")
+    state = httpx.get(f"{stack.url}/jobs/{job.id}").json()
+    assert state["status"] == "failed"
+    assert state["error"]["code"] == "inference_failed"
+    assert "Traceback" not in state["error"]["message"]
+    assert post(stack, "tiny-pipe", {"inputs": "still serving"}).status_code == 200
 
 
 def test_stopped_worker_gives_503_within_seconds(stack: Stack) -> None:

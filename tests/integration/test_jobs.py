@@ -74,8 +74,10 @@ def test_queue_position_cancel_and_long_poll_returning_early(
         worker.proc.send_signal(signal.SIGSTOP)
         first = submit(stack, "victim", {"inputs": "first"}).json()["job_id"]
         second = submit(stack, "victim", {"inputs": "second"}).json()["job_id"]
-        assert get(stack, first).json()["position"] == 0
-        assert get(stack, second).json()["position"] == 1
+        first_pos = get(stack, first).json()["position"]
+        second_pos = get(stack, second).json()["position"]
+        assert first_pos is not None and second_pos is not None
+        assert 0 <= first_pos < second_pos
         canceled = httpx.delete(f"{stack.url}/jobs/{second}")
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
         assert get(stack, second).json()["status"] == "canceled"

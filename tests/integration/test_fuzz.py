@@ -1,0 +1,213 @@
+"""Property-based fuzzing of the OpenAPI schema against the real stack (gateway, Redis, workers).
+
+Every operation in /openapi.json gets generated requests, valid and invalid (schemathesis'
+examples, coverage and fuzzing phases); generated jobs are then read and canceled by their real
+ids. Each answer must be no 5xx, a documented status with the documented content type, and match
+the documented schema; an undeclared method must get 405 with ``Allow``.
+
+``MODELGATE_FUZZ_EXAMPLES`` sets how many examples each operation gets, and how many jobs are
+followed: small by default so ``make test`` stays quick, larger under ``make fuzz``.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import Case, HookContext, Response
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import Failure
+from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from contract.config import Registry
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = int(os.environ.get("MODELGATE_FUZZ_EXAMPLES", "20"))
+"""Examples per operation (fuzzing phase), and jobs followed; ``make fuzz`` raises it."""
+
+LIVE_MODELS = ("minilm", "tiny-cls", "tiny-strict", "tiny-pipe")
+"""Models with a worker for the whole session: the only configured ones the fuzzer may name."""
+
+WORKERLESS_MODELS = frozenset({"victim", "slowpoke", "ghost"})
+"""Configured without a worker, so they answer 503 model_unavailable by design."""
+
+UNKNOWN_MODEL = "no-such-model"
+
+MAX_FUZZ_WAIT_S = 0.5
+"""Cap on a generated ``?wait=``: a long-poll on a job that never ends lasts up to 60 s."""
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+    allow_header_conformance,
+]
+"""What every answer must satisfy. Not ``positive_data_acceptance``: a schema-valid body may still
+break a per-model limit (``max_inputs``, ``max_chars``) or a task's parameter allowlist, which one
+shared schema cannot state, so 413 and 422 are right answers to valid-looking requests. Not
+``use_after_free``: DELETE cancels a job, which stays readable as ``canceled``. Not
+``unsupported_method``: a miss there fails every operation in the coverage phase, before
+fuzzing, so ``test_an_undeclared_method_is_405_with_allow`` checks it on its own."""
+
+
+def _openapi() -> dict[str, Any]:
+    """The gateway's schema, built in-process: collection needs it before the stack is up.
+    ``test_the_served_schema_is_the_fuzzed_one`` checks the running gateway serves the same."""
+    app = create_app(GatewaySettings(), registry=Registry(models=[]))
+    return app.openapi()
+
+
+def _route(case: Case) -> None:
+    """Point most requests at a live model, so bodies reach real workers, and leave the rest on
+    their generated name (404). A hash of the request decides, so a case replays the same way."""
+    name = case.path_parameters["name"]
+    if name in LIVE_MODELS:
+        return
+    pick = zlib.crc32(repr((name, case.body, case.query, case.headers)).encode())
+    pick %= len(LIVE_MODELS) + 1
+    if pick < len(LIVE_MODELS):
+        case.path_parameters["name"] = LIVE_MODELS[pick]
+    elif name in WORKERLESS_MODELS:
+        case.path_parameters["name"] = UNKNOWN_MODEL
+
+
+def _steer(ctx: HookContext, case: Case) -> Case:
+    """Every generated case passes here, whatever the phase: no workerless model, no long poll."""
+    if case.path_parameters and "name" in case.path_parameters:
+        _route(case)
+    wait = (case.query or {}).get("wait")
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and wait > MAX_FUZZ_WAIT_S:
+        case.query["wait"] = MAX_FUZZ_WAIT_S
+    return case
+
+
+def _readiness_is_not_a_crash(
+    ctx: HookContext, failure: Failure, case: Case, response: Response
+) -> bool:
+    """``/readyz`` answers 503 ``not_ready`` by design while a configured model has no worker
+    (``ghost`` never has one): its documented answer, not a server error."""
+    if case.operation.path != "/readyz" or response.status_code != 503:
+        return True
+    return bool(response.json().get("error", {}).get("code") != "not_ready")
+
+
+OPENAPI = _openapi()
+schema = schemathesis.openapi.from_dict(OPENAPI)
+schema.config.generation.update(max_examples=EXAMPLES, database="none")
+schema.hook("map_case")(_steer)
+schema.hook("filter_failure")(_readiness_is_not_a_crash)
+
+
+def test_the_served_schema_is_the_fuzzed_one(stack: Stack) -> None:
+    served = httpx.get(f"{stack.url}/openapi.json", timeout=10).json()
+    assert served == OPENAPI
+
+
+@schema.parametrize()
+def test_every_answer_matches_the_schema(case: Case, stack: Stack) -> None:
+    case.call_and_validate(base_url=stack.url, checks=CHECKS, timeout=90)
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "content"),
+    [
+        pytest.param(
+            "/models/{name}/predict",
+            "tiny-strict",
+            b'{"inputs": "' + b"word " * 100 + b'"}',
+            id="more-tokens-than-a-non-truncating-model-takes",
+        ),
+        pytest.param(
+            "/models/{name}/predict",
+            "tiny-pipe",
+            b'{"inputs": "' + b"word " * 100 + b'"}',
+            id="more-tokens-than-a-non-truncating-pipeline-takes",
+        ),
+        pytest.param(
+            "/models/{name}/predict",
+            "minilm",
+            b'{"inputs": "\\ud800"}',
+            id="lone-surrogate-in-a-json-string",
+        ),
+        pytest.param("/models/{name}/jobs", "tiny-cls", b'{"inputs": "\xff"}', id="body-not-utf8"),
+    ],
+)
+def test_inputs_the_generator_rarely_reaches(
+    stack: Stack, path: str, name: str, content: bytes
+) -> None:
+    """Generated strings are valid UTF-8 and mostly short; these meet the same checks."""
+    case = schema[path]["POST"].Case(path_parameters={"name": name})
+    response = httpx.post(
+        stack.url + path.format(name=name),
+        content=content,
+        timeout=90,
+        headers={"Content-Type": "application/json"},
+    )
+    case.validate_response(response, checks=CHECKS)
+
+
+@pytest.mark.parametrize("path", sorted(OPENAPI["paths"]))
+def test_an_undeclared_method_is_405_with_allow(stack: Stack, path: str) -> None:
+    """RFC 9110: a 405 names the methods the resource supports."""
+    declared = {m.upper() for m in OPENAPI["paths"][path]}
+    url = stack.url + path.format(name=LIVE_MODELS[0], job_id="0")
+    response = httpx.request("TRACE", url, timeout=10)
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    allowed = {m.strip() for m in response.headers.get("allow", "").split(",") if m.strip()}
+    assert allowed >= declared, f"Allow: {response.headers.get('allow')!r}"
+
+
+def test_generated_jobs_read_and_cancel_per_the_schema(stack: Stack) -> None:
+    """Random ids only ever meet 404; here each generated job is read, canceled and read again
+    by its real id, in whatever state the race with the worker leaves it."""
+    submit = schema["/models/{name}/jobs"]["POST"]
+    jobs = st.sampled_from(LIVE_MODELS).flatmap(
+        lambda name: submit.as_strategy(path_parameters={"name": name})
+    )
+
+    @settings(
+        max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(case=jobs)
+    def follow(case: Case) -> None:
+        accepted = case.call_and_validate(base_url=stack.url, checks=CHECKS, timeout=90)
+        if accepted.status_code == 202:
+            _read_cancel_read(stack, accepted.json()["job_id"])
+
+    follow()
+
+
+def _call(stack: Stack, method: str, job_id: str, **query: float) -> Response:
+    case = schema["/jobs/{job_id}"][method].Case(path_parameters={"job_id": job_id}, query=query)
+    return Response.from_any(case.call_and_validate(base_url=stack.url, checks=CHECKS, timeout=90))
+
+
+def _read_cancel_read(stack: Stack, job_id: str) -> None:
+    """A DELETE answered 200 promises the job is canceled and will never run."""
+    _call(stack, "GET", job_id)
+    canceled = _call(stack, "DELETE", job_id)
+    after = _call(stack, "GET", job_id, wait=MAX_FUZZ_WAIT_S)
+    if canceled.status_code == 200:
+        assert canceled.json()["status"] == "canceled", canceled.json()
+        assert after.json()["status"] == "canceled", (canceled.json(), after.json())
