@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import signal
-import uuid
 import time
+import uuid
 
 import httpx
 import pytest
