@@ -88,6 +88,7 @@ class BatchingWorker(SimpleWorker):
         self.on_batch = on_batch
         self.busy_since: float | None = None
         self.batch_timeout_s = float(policy.timeout_s)
+        self.last_batch_items = 0
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         # RQ heart-beats before and after every dequeue and after every job, three round trips
@@ -187,7 +188,10 @@ class BatchingWorker(SimpleWorker):
 
     def _collect(self, first: Job, queue: Queue) -> list[Job]:
         jobs = [first]
-        deadline = time.monotonic() + self.policy.max_delay_ms / 1000
+        # Wait for company only under load (the last batch had some): a request arriving alone
+        # after a quiet spell runs at once, so the delay never costs a lone caller anything.
+        delay_ms = self.policy.max_delay_ms if self.last_batch_items > 1 else 0.0
+        deadline = time.monotonic() + delay_ms / 1000
         while (room := self.policy.max_size - self._items(jobs)) > 0:
             try:
                 ids = self._drain_ids(queue, room, deadline)
@@ -270,6 +274,7 @@ class BatchingWorker(SimpleWorker):
     ) -> None:
         ended = now()
         items = self._items(jobs)
+        self.last_batch_items = items
         with self.connection.pipeline() as pipe:
             for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
                 job.ended_at = ended
