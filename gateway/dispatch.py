@@ -112,7 +112,10 @@ class Dispatcher:
 
     def __init__(self, redis_url: str, keys: Keys, *, connect_timeout_s: float = 1.0) -> None:
         self.keys = keys
-        common = {"socket_connect_timeout": connect_timeout_s, "health_check_interval": 5}
+        common: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout_s,
+            "health_check_interval": 5,
+        }
         # After a Redis restart every pooled connection is dead and fails its next command once:
         # retry that once, at once, on a new connection. A Redis that is down still fails in
         # milliseconds (refused twice); timeouts are not retried, so their bound stays.
@@ -319,7 +322,7 @@ class Dispatcher:
         stream = Result.get_key(job_id)
         async with _aredis_errors():
             try:
-                reply = await asyncio.wait_for(
+                reply: Any = await asyncio.wait_for(
                     self.blocking.xread(
                         {stream: "0-0"}, count=1, block=max(1, int(remaining * 1000))
                     ),
@@ -338,7 +341,7 @@ class Dispatcher:
             job_id, msg_id.decode(), fields, connection=self.sync, serializer=JSONSerializer
         )
         if result.type == Result.Type.SUCCESSFUL:
-            value: dict[str, Any] = result.return_value
+            value: dict[str, Any] = result.return_value or {}
             return value
         raise await self.failure(job_id)
 

@@ -114,6 +114,8 @@ class Inference:
         for i, out in zip(lookup.missing, result["outputs"], strict=True):
             outputs[i] = out
         assert all(o is not MISSING for o in outputs)
-        timings = {k: float(result[k]) for k in ("queue_ms", "inference_ms") if k in result}
+        timings: dict[str, float] = {
+            k: float(result[k]) for k in ("queue_ms", "inference_ms") if k in result
+        }
         self.metrics.observe_job(spec.name, timings.get("queue_ms"), timings.get("inference_ms"))
         return Prediction(outputs, lookup.status if use_cache else "miss", timings)

@@ -123,7 +123,7 @@ class JobStore:
 
     async def _outputs(self, job_id: str) -> list[Any]:
         async with _aredis_errors():
-            entries = await self.conn.xrevrange(Result.get_key(job_id), count=1)
+            entries: Any = await self.conn.xrevrange(Result.get_key(job_id), count=1)
         if not entries:
             raise UnknownJob(f"the result of job {job_id!r} has expired")
         msg_id, fields = entries[0]
@@ -134,7 +134,7 @@ class JobStore:
             connection=self.dispatcher.sync,
             serializer=JSONSerializer,
         )
-        return list(result.return_value["outputs"])
+        return list((result.return_value or {}).get("outputs", []))
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         data = await self._hash(job_id)

@@ -14,9 +14,9 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.exceptions
 from rq.executions import Execution
@@ -28,7 +28,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from contract.cache import item_key
 from contract.jobs import ERROR_META_KEY, Keys, job_result
-from workers.tasks import Engine, InferenceError, Outcome, run_jobs
+from workers.tasks import Engine, InferenceError, JobLike, Outcome, run_jobs
 
 BLOCKING_WAIT_MIN_S = 0.2
 """Below this, waiting for more jobs polls; above, it blocks in BLMOVE."""
@@ -132,7 +132,7 @@ class BatchingWorker(SimpleWorker):
 
     def run_maintenance_tasks(self) -> None:
         try:
-            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+            super().run_maintenance_tasks()
         except REDIS_DOWN as err:
             self.log.warning("maintenance skipped, Redis unreachable: %s", err)
 
@@ -228,7 +228,12 @@ class BatchingWorker(SimpleWorker):
                 # 1 ms to "forever": short waits poll instead.
                 time.sleep(min(wait, POLL_INTERVAL_S))
                 continue
-            got = self.connection.blmove(queue.key, queue.intermediate_queue_key, round(wait, 2))
+            # BLMOVE takes fractional seconds; redis-py's annotation says int.
+            got = self.connection.blmove(
+                queue.key,
+                queue.intermediate_queue_key,
+                round(wait, 2),  # type: ignore[arg-type]
+            )
             return [got.decode()] if got is not None else []
 
     def _start(self, jobs: list[Job], queue: Queue) -> list[Execution]:
@@ -256,7 +261,7 @@ class BatchingWorker(SimpleWorker):
         started = time.perf_counter()
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
-                outcomes = run_jobs(self.engine, jobs)
+                outcomes = run_jobs(self.engine, cast(Sequence[JobLike], jobs))
         except JobTimeoutException:
             err = InferenceError("inference_timeout", f"the batch ran over {timeout} s")
             outcomes = [Outcome(error=err) for _ in jobs]
@@ -327,6 +332,7 @@ class BatchingWorker(SimpleWorker):
         job._result = value
         job._status = JobStatus.FINISHED
         self.increment_successful_job_count(pipeline=pipe)
+        assert job.ended_at is not None and job.started_at is not None
         self.increment_total_working_time(job.ended_at - job.started_at, pipe)
         job._handle_success(
             result_ttl,

@@ -161,7 +161,9 @@ class PipelineEngine:
     def _check_lengths(self, inputs: list[str]) -> None:
         """With truncation off, refuse an input the model cannot take before running it."""
         limit = self.max_tokens
-        lengths = [len(ids) for ids in self.pipe.tokenizer(inputs)["input_ids"]]
+        tokenizer = self.pipe.tokenizer
+        assert tokenizer is not None
+        lengths = [len(ids) for ids in tokenizer(inputs)["input_ids"]]
         if max(lengths, default=0) > limit:
             raise InputTooLong(
                 f"an input has {max(lengths)} tokens but model {self.spec.name!r} takes at most "

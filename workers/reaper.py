@@ -59,7 +59,8 @@ class Reaper:
     def _started(self, live: set[str]) -> int:
         recovered = 0
         registry = self.queue.started_job_registry
-        for member in self.connection.zrange(registry.key, 0, -1):
+        members: list[bytes] = self.connection.zrange(registry.key, 0, -1)  # type: ignore[assignment]
+        for member in members:
             job_id = member.decode().split(":", 1)[0]
             try:
                 job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
