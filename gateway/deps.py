@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from contract.config import ModelSpec, Registry
 from gateway.dispatch import Dispatcher
@@ -46,6 +46,11 @@ async def get_spec(name: str, registry: Annotated[Registry, Depends(get_registry
         raise UnknownModel(f"no model named {name!r}; known models: {known}")
     return spec
 
+
+CacheControl = Annotated[
+    str | None, Header(description="no-cache: recompute; no-store: no cache at all")
+]
+"""The request's ``Cache-Control`` header, as the predict and jobs endpoints read it."""
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

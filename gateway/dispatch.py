@@ -243,7 +243,7 @@ class Dispatcher:
         ttl_s: int,
         job_id: str,
     ) -> None:
-        queue = Queue(self.keys.queue(spec.name), connection=self.sync, serializer=JSONSerializer)
+        queue = self._queue(spec.name)
         job = queue.create_job(
             PREDICT_FUNC,
             kwargs=payload.to_kwargs(),

@@ -3,6 +3,7 @@ processes and a gateway process, all started once per session and stopped at its
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -199,6 +200,19 @@ def start_worker(
         )
         assert proc.poll() is None, f"worker {name} exited with {proc.returncode}"
     return worker
+
+
+@contextlib.contextmanager
+def paused_worker(stack: Stack, model: str, name: str) -> Iterator[WorkerProc]:
+    """A worker of ``model`` that is SIGSTOPped as soon as it is ready (its queue fills up,
+    its jobs wait), resumed and stopped on exit."""
+    worker = start_worker(stack.redis_url, stack.config, model, name)
+    worker.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield worker
+    finally:
+        worker.proc.send_signal(signal.SIGCONT)
+        worker.stop()
 
 
 @dataclass

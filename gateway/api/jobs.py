@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from gateway.api.schemas import ERROR_RESPONSES, JobAccepted, JobState, PredictRequest
 from gateway.cache import CacheMode
-from gateway.deps import InferenceDep, JobStoreDep, SettingsDep, SpecDep
+from gateway.deps import CacheControl, InferenceDep, JobStoreDep, SettingsDep, SpecDep
 from gateway.jobs import MAX_WAIT_S
 from gateway.validation import check_parameters, normalize_inputs
 
 router = APIRouter(tags=["jobs"])
-
-CacheControl = Annotated[
-    str | None, Header(description="no-cache: recompute; no-store: no cache at all")
-]
 
 
 @router.post(

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from gateway.api.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
 from gateway.cache import CacheMode
-from gateway.deps import InferenceDep, SpecDep
+from gateway.deps import CacheControl, InferenceDep, SpecDep
 from gateway.validation import check_parameters, normalize_inputs
 
 router = APIRouter(tags=["inference"])
-
-CacheControl = Annotated[
-    str | None, Header(description="no-cache: recompute; no-store: no cache at all")
-]
 
 
 @router.post("/models/{name}/predict", response_model=PredictResponse, responses=ERROR_RESPONSES)

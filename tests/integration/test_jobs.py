@@ -16,7 +16,7 @@ from contract.jobs import Keys
 from gateway.app import create_app
 from gateway.dispatch import Dispatcher
 from gateway.settings import GatewaySettings
-from tests.conftest import PREFIX, Stack, jobs_run, start_worker
+from tests.conftest import PREFIX, Stack, jobs_run, paused_worker
 
 pytestmark = pytest.mark.integration
 
@@ -69,9 +69,7 @@ def test_large_job_beyond_predict_limit(stack: Stack) -> None:
 def test_queue_position_cancel_and_long_poll_returning_early(
     stack: Stack, redis_client: Redis
 ) -> None:
-    worker = start_worker(stack.redis_url, stack.config, "victim", "victim-jobs")
-    try:
-        worker.proc.send_signal(signal.SIGSTOP)
+    with paused_worker(stack, "victim", "victim-jobs") as worker:
         first = submit(stack, "victim", {"inputs": "first"}).json()["job_id"]
         second = submit(stack, "victim", {"inputs": "second"}).json()["job_id"]
         first_pos = get(stack, first).json()["position"]
@@ -103,23 +101,15 @@ def test_queue_position_cancel_and_long_poll_returning_early(
         assert get(stack, second).json()["status"] == "canceled"
         late = httpx.delete(f"{stack.url}/jobs/{first}")
         assert late.status_code == 409 and late.json()["error"]["code"] == "job_not_cancelable"
-    finally:
-        worker.proc.send_signal(signal.SIGCONT)
-        worker.stop()
 
 
 def test_wait_without_result_returns_after_the_bound(stack: Stack) -> None:
-    worker = start_worker(stack.redis_url, stack.config, "victim", "victim-bound")
-    try:
-        worker.proc.send_signal(signal.SIGSTOP)
+    with paused_worker(stack, "victim", "victim-bound"):
         job = submit(stack, "victim", {"inputs": "stays queued"}).json()["job_id"]
         started = time.monotonic()
         body = get(stack, job, wait=1.5).json()
         assert body["status"] == "queued"
         assert 1.4 <= time.monotonic() - started < 5
-    finally:
-        worker.proc.send_signal(signal.SIGCONT)
-        worker.stop()
 
 
 def app_for(stack: Stack, **overrides: object) -> tuple[httpx.AsyncClient, Dispatcher]:
@@ -147,9 +137,7 @@ async def test_results_expire_after_the_job_ttl(stack: Stack) -> None:
 
 
 async def test_a_gateway_restart_loses_nothing(stack: Stack) -> None:
-    worker = start_worker(stack.redis_url, stack.config, "victim", "victim-restart")
-    try:
-        worker.proc.send_signal(signal.SIGSTOP)
+    with paused_worker(stack, "victim", "victim-restart") as worker:
         client, dispatcher = app_for(stack)
         async with client:
             r = await client.post("/models/victim/jobs", json={"inputs": "survives"})
@@ -162,9 +150,6 @@ async def test_a_gateway_restart_loses_nothing(stack: Stack) -> None:
         await dispatcher2.close()
         assert body["status"] == "finished"
         assert get(stack, job_id).json()["outputs"] == body["outputs"]  # any replica answers
-    finally:
-        worker.proc.send_signal(signal.SIGCONT)
-        worker.stop()
 
 
 def test_jobs_use_the_cache(stack: Stack, redis_client: Redis) -> None:

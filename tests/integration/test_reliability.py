@@ -15,7 +15,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from tests.conftest import PREFIX, Stack, jobs_run, start_worker, wait_until
+from tests.conftest import PREFIX, Stack, jobs_run, paused_worker, start_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -101,9 +101,7 @@ def test_sync_caller_gets_the_answer_when_its_worker_is_killed(
 
 
 def test_full_queue_is_429_with_retry_after(stack: Stack, redis_client: Redis) -> None:
-    worker = start_worker(stack.redis_url, stack.config, "victim", "victim-full")
-    try:
-        worker.proc.send_signal(signal.SIGSTOP)
+    with paused_worker(stack, "victim", "victim-full"):
         codes = []
         for i in range(8):
             r = httpx.post(f"{stack.url}/models/victim/jobs", json={"inputs": f"fill {i}"})
@@ -114,15 +112,10 @@ def test_full_queue_is_429_with_retry_after(stack: Stack, redis_client: Redis) -
                 break
         assert codes[-1] == 429 and len(codes) <= 5
         assert redis_client.llen(f"rq:queue:{PREFIX}:victim") <= 3
-    finally:
-        worker.proc.send_signal(signal.SIGCONT)
-        worker.stop()
 
 
 def test_job_of_a_caller_answered_504_never_runs(stack: Stack) -> None:
-    worker = start_worker(stack.redis_url, stack.config, "victim", "victim-deadline")
-    try:
-        worker.proc.send_signal(signal.SIGSTOP)
+    with paused_worker(stack, "victim", "victim-deadline") as worker:
         r = httpx.post(
             f"{stack.url}/models/victim/predict", json={"inputs": "too late"}, timeout=30
         )
@@ -134,15 +127,10 @@ def test_job_of_a_caller_answered_504_never_runs(stack: Stack) -> None:
         assert state["status"] in ("canceled", "failed"), state
         if state["status"] == "failed":
             assert state["error"]["code"] == "inference_timeout"  # type: ignore[index]
-    finally:
-        worker.proc.send_signal(signal.SIGCONT)
-        worker.stop()
 
 
 def test_high_priority_jumps_the_queue(stack: Stack) -> None:
-    worker = start_worker(stack.redis_url, stack.config, "victim", "victim-prio")
-    try:
-        worker.proc.send_signal(signal.SIGSTOP)
+    with paused_worker(stack, "victim", "victim-prio") as worker:
         ids = {}
         for name, prio in (("a", "low"), ("b", "low"), ("c", "high")):
             r = httpx.post(
@@ -155,9 +143,6 @@ def test_high_priority_jumps_the_queue(stack: Stack) -> None:
             wait_until(lambda j=job_id: job_state(stack, j)["status"] == "finished", 20, "jobs")
         started = {k: str(job_state(stack, v)["started_at"]) for k, v in ids.items()}
         assert started["c"] < started["b"]
-    finally:
-        worker.proc.send_signal(signal.SIGCONT)
-        worker.stop()
 
 
 def test_a_job_naming_another_function_is_refused(
