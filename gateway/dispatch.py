@@ -12,12 +12,11 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aredis
-from anyio import to_thread
 from redis import Redis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
@@ -25,7 +24,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.results import Result
@@ -65,6 +63,21 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 """
 
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'canceled' then return 'canceled' end
+if status ~= 'queued' then return status or 'unknown' end
+if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then
+  return 'already taken by a worker'
+end
+redis.call('HSET', KEYS[1], 'status', 'canceled')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return 'canceled'
+"""
+"""Cancel only what no worker has taken: the job's id must still be in the queue list, and
+removing it there is what makes it canceled, in one atomic step."""
+
 RESULT_TTL_S = 24 * 3600
 """How long a finished or failed job's result stays readable."""
 
@@ -89,14 +102,6 @@ class ModelLoad:
     def fingerprint(self) -> str | None:
         """The one fingerprint all live workers share; None while they differ (a rollout)."""
         return next(iter(self.fingerprints)) if len(self.fingerprints) == 1 else None
-
-
-@contextlib.contextmanager
-def _redis_errors() -> Iterator[None]:
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as err:
-        raise RedisUnavailable(f"Redis is unreachable ({type(err).__name__})") from None
 
 
 @contextlib.asynccontextmanager
@@ -137,6 +142,7 @@ class Dispatcher:
         self._live = self.conn.register_script(_LIVE)
         self._live_names = self.conn.register_script(_LIVE_NAMES)
         self._release = self.conn.register_script(_RELEASE)
+        self._cancel = self.conn.register_script(_CANCEL)
         self._queues: dict[str, Queue] = {}
 
     async def close(self) -> None:
@@ -192,12 +198,15 @@ class Dispatcher:
         job_id = job_id or uuid.uuid4().hex
         async with _aredis_errors():
             await self._rq_server_version()
-            commands = self._job_commands(spec, payload, job_id, meta or {}, result_ttl_s)
-            pipe = self.conn.pipeline(transaction=True)
-            for args, options in commands:
-                pipe.execute_command(*args, **options)
-            await pipe.execute()
+            await self._send(self._job_commands(spec, payload, job_id, meta or {}, result_ttl_s))
         return job_id
+
+    async def _send(self, commands: list[tuple[Any, Any]]) -> None:
+        """Send commands recorded from RQ's own code in one async transaction."""
+        pipe = self.conn.pipeline(transaction=True)
+        for args, options in commands:
+            pipe.execute_command(*args, **options)
+        await pipe.execute()
 
     async def submit_once(
         self, spec: ModelSpec, payload: JobPayload, flight: str | None
@@ -228,21 +237,6 @@ class Dispatcher:
     ) -> str:
         """A job answered entirely from the cache: written straight away as finished."""
         job_id = uuid.uuid4().hex
-        async with _aredis_errors():
-            await to_thread.run_sync(
-                self._store_finished, spec, payload, outputs, meta, ttl_s, job_id
-            )
-        return job_id
-
-    def _store_finished(
-        self,
-        spec: ModelSpec,
-        payload: JobPayload,
-        outputs: list[Any],
-        meta: dict[str, Any],
-        ttl_s: int,
-        job_id: str,
-    ) -> None:
         queue = self._queue(spec.name)
         job = queue.create_job(
             PREDICT_FUNC,
@@ -254,18 +248,27 @@ class Dispatcher:
         )
         job.origin = queue.name
         job.enqueued_at = job.started_at = job.ended_at = rq_now()
-        with _redis_errors(), self.sync.pipeline() as pipe:
-            job.set_status(JobStatus.FINISHED, pipeline=pipe)
-            job.save(pipeline=pipe)
-            Result.create(
-                job,
-                Result.Type.SUCCESSFUL,
-                ttl_s,
-                return_value=job_result(outputs, "cache", 0.0, 0),
-                pipeline=pipe,
+        recorder = self.sync.pipeline(transaction=False)
+        job.set_status(JobStatus.FINISHED, pipeline=recorder)
+        job.save(pipeline=recorder)
+        result = job_result(outputs, "cache", 0.0, 0)
+        Result.create(job, Result.Type.SUCCESSFUL, ttl_s, return_value=result, pipeline=recorder)
+        recorder.expire(job.key, ttl_s)
+        commands = list(recorder.command_stack)
+        recorder.reset()
+        async with _aredis_errors():
+            await self._send(commands)
+        return job_id
+
+    async def cancel_queued(self, job_id: str, queue_name: str, ttl_s: int) -> str:
+        """Cancel a job no worker has taken yet, atomically; returns "canceled" or why not."""
+        queue_key = Queue.redis_queue_namespace_prefix + queue_name
+        async with _aredis_errors():
+            outcome = await self._cancel(
+                keys=[Job.key_for(job_id), queue_key, f"rq:canceled:{queue_name}"],
+                args=[job_id, ttl_s, int(time.time()) + ttl_s],
             )
-            pipe.expire(job.key, ttl_s)
-            pipe.execute()
+        return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 
     async def release(self, flight: str, job_id: str) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -315,7 +318,9 @@ class Dispatcher:
         recorder.reset()
         return commands
 
-    async def wait(self, job_id: str, deadline: float, *, owner: bool = True) -> dict[str, Any]:
+    async def wait(
+        self, job_id: str, model: str, deadline: float, *, owner: bool = True
+    ) -> dict[str, Any]:
         """The job's result (see ``contract.jobs.job_result``), or the GatewayError its failure
         maps to; 504 at the deadline."""
         remaining = deadline - time.time()
@@ -332,7 +337,7 @@ class Dispatcher:
                 reply = None
         if not reply:
             if owner:
-                await self._abandon(job_id)
+                await self._abandon(job_id, model)
             raise InferenceTimeout(
                 f"no result within the model's timeout ({job_id})", job_id=job_id
             )
@@ -353,13 +358,7 @@ class Dispatcher:
         cls = ERROR_CODES_BY_WORKER_CODE.get(error.get("code", ""), InferenceFailed)
         return cls(error.get("message") or "the model failed on this request", job_id=job_id)
 
-    async def _abandon(self, job_id: str) -> None:
-        """Best effort: cancel a job still queued; the worker also skips jobs past deadline."""
-        with contextlib.suppress(RedisError, OSError, GatewayError):
-            await to_thread.run_sync(self._cancel_if_queued, job_id)
-
-    def _cancel_if_queued(self, job_id: str) -> None:
-        with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
-            job = Job.fetch(job_id, connection=self.sync, serializer=JSONSerializer)
-            if job.get_status() == JobStatus.QUEUED:
-                job.cancel()
+    async def _abandon(self, job_id: str, model: str) -> None:
+        """Best effort: cancel the job if still queued; the worker also skips it past deadline."""
+        with contextlib.suppress(GatewayError, RedisError, OSError):
+            await self.cancel_queued(job_id, self.keys.queue(model), RESULT_TTL_S)

@@ -106,7 +106,7 @@ class Inference:
         payload = JobPayload(todo, params, deadline, request_id, cache_ttl, priority)
         job_id, owner = await self.dispatcher.submit_once(spec, payload, flight)
         try:
-            result = await self.dispatcher.wait(job_id, deadline, owner=owner)
+            result = await self.dispatcher.wait(job_id, spec.name, deadline, owner=owner)
         finally:
             if flight is not None and owner:
                 await self.dispatcher.release(flight, job_id)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any
 
 from rq.intermediate_queue import IntermediateQueue
@@ -27,22 +26,6 @@ MAX_WAIT_S = 60.0
 """Longest ``?wait=`` a client may ask for."""
 
 
-_CANCEL = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'canceled' then return 'canceled' end
-if status ~= 'queued' then return status or 'unknown' end
-if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then
-  return 'already taken by a worker'
-end
-redis.call('HSET', KEYS[1], 'status', 'canceled')
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-return 'canceled'
-"""
-"""Cancel only what no worker has taken: the job's id must still be in the queue list, and
-removing it there is what makes it canceled, in one atomic step."""
-
-
 class JobStore:
     """Reads and cancels the jobs the gateway created."""
 
@@ -50,7 +33,6 @@ class JobStore:
         self.dispatcher = dispatcher
         self.conn = dispatcher.conn
         self.job_ttl_s = job_ttl_s
-        self._cancel = self.conn.register_script(_CANCEL)
 
     async def _hash(self, job_id: str) -> dict[str, str]:
         if not job_id.isalnum() or len(job_id) > 64:
@@ -138,14 +120,7 @@ class JobStore:
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         data = await self._hash(job_id)
-        queue_key = Queue.redis_queue_namespace_prefix + data["origin"]
-        canceled_key = f"rq:canceled:{data['origin']}"
-        async with _aredis_errors():
-            outcome = await self._cancel(
-                keys=[Job.key_for(job_id), queue_key, canceled_key],
-                args=[job_id, self.job_ttl_s, int(time.time()) + self.job_ttl_s],
-            )
-        outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+        outcome = await self.dispatcher.cancel_queued(job_id, data["origin"], self.job_ttl_s)
         if outcome != "canceled":
             raise JobNotCancelable(
                 f"job {job_id!r} is {outcome}; only a job still in the queue can be canceled",
