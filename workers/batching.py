@@ -10,11 +10,12 @@ one Redis pipeline before and one after, instead of several round trips per job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -103,12 +104,9 @@ class BatchingWorker(SimpleWorker):
             and (now() - last).total_seconds() < HEARTBEAT_EVERY_S
         ):
             return
-        try:
-            with self.connection.pipeline() as pipe:
-                super().heartbeat(timeout, pipeline=pipe)
-                pipe.execute()
-        except REDIS_DOWN as err:
-            self.log.warning("heartbeat skipped, Redis unreachable: %s", err)
+        with self._unless_redis_down("heartbeat"), self.connection.pipeline() as pipe:
+            super().heartbeat(timeout, pipeline=pipe)
+            pipe.execute()
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         if pipeline is not None:
@@ -116,25 +114,27 @@ class BatchingWorker(SimpleWorker):
             return
         if state == self._state:
             return  # unchanged: no round trip
-        try:
+        with self._unless_redis_down(f"recording state {state}"):
             super().set_state(state)
-        except REDIS_DOWN as err:
-            self.log.warning("state %s not recorded, Redis unreachable: %s", state, err)
 
     # RQ's work() quits on a Redis error anywhere but in its dequeue ("unhandled exception,
     # quitting"). A Redis restart must not end the worker: skip the step; the dequeue that
     # follows backs off (max_connection_wait_time) until Redis is back.
     def check_for_suspension(self, burst: bool) -> None:
-        try:
+        with self._unless_redis_down("suspension check"):
             super().check_for_suspension(burst)
-        except REDIS_DOWN as err:
-            self.log.warning("suspension check skipped, Redis unreachable: %s", err)
 
     def run_maintenance_tasks(self) -> None:
-        try:
+        with self._unless_redis_down("maintenance"):
             super().run_maintenance_tasks()
+
+    @contextlib.contextmanager
+    def _unless_redis_down(self, what: str) -> Iterator[None]:
+        """Skip a bookkeeping step while Redis is unreachable, with a warning."""
+        try:
+            yield
         except REDIS_DOWN as err:
-            self.log.warning("maintenance skipped, Redis unreachable: %s", err)
+            self.log.warning("%s skipped, Redis unreachable: %s", what, err)
 
     def _install_signal_handlers(self) -> None:
         # Under `modelgate up` the terminal's Ctrl-C reaches the whole process group; the
