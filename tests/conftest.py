@@ -202,6 +202,14 @@ def start_worker(
     return worker
 
 
+def gateway_up(url: str) -> bool:
+    """Whether a gateway answers /healthz at ``url``."""
+    try:
+        return httpx.get(url + "/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @contextlib.contextmanager
 def paused_worker(stack: Stack, model: str, name: str) -> Iterator[WorkerProc]:
     """A worker of ``model`` that is SIGSTOPped as soon as it is ready (its queue fills up,
@@ -253,14 +261,7 @@ def stack(
         )
         assert w.proc.poll() is None, (log_dir / f"{m}.log").read_text()[-3000:]
     url = f"http://127.0.0.1:{port}"
-
-    def gateway_up() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(gateway_up, 60, "gateway")
+    wait_until(lambda: gateway_up(url), 60, "gateway")
     yield Stack(url, redis_server.url, config_path, workers, log_dir)
     gateway.terminate()
     for w in workers.values():

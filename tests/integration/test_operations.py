@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from modelgate.redis_server import free_port
-from tests.conftest import ROOT, Stack, process_env, start_worker, wait_until
+from tests.conftest import ROOT, Stack, gateway_up, process_env, start_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -119,15 +119,9 @@ def test_sigterm_gateway_finishes_in_flight_requests(stack: Stack) -> None:
     )
     url = f"http://127.0.0.1:{port}"
 
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     worker = start_worker(stack.redis_url, stack.config, "victim", "victim-gw-term")
     try:
-        wait_until(up, 60, "second gateway")
+        wait_until(lambda: gateway_up(url), 60, "second gateway")
         worker.proc.send_signal(signal.SIGSTOP)
         result: dict[str, httpx.Response] = {}
         t = threading.Thread(
