@@ -6,6 +6,7 @@ a worker runs only the functions in :data:`ALLOWED_FUNCS`, whatever a job in Red
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,16 @@ PRESENCE_TTL_S = 3.0
 
 HEARTBEAT_INTERVAL_S = 1.0
 """How often a worker renews its presence."""
+
+INBOX_TTL_S = 120
+"""A gateway's reply inbox lives this long after its last renewal or reply."""
+
+SYNC_RESULT_TTL_S = 0
+"""A sync job's ``result_ttl``: its caller gets the result in its inbox, so RQ keeps nothing.
+A worker deletes such a job, its result and its bookkeeping when it replies."""
+
+SYNC_FAILURE_TTL_S = 60
+"""A sync job's ``failure_ttl``, for a failure recorded by RQ itself rather than replied."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,19 @@ class Keys:
     def stats(self, model: str) -> str:
         """Hash of counters a model's workers keep (jobs, items, batches)."""
         return f"{self.prefix}:stats:{model}"
+
+    def inbox(self, gateway: str) -> str:
+        """Stream of the replies one gateway process waits for (one reader, any number of
+        waiters); it expires :data:`INBOX_TTL_S` after its gateway stops renewing it."""
+        return f"{self.prefix}:inbox:{gateway}"
+
+    def seen(self, job_id: str) -> str:
+        """When the reaper first saw a job taken from the queue but not yet started."""
+        return f"{self.prefix}:seen:{job_id}"
+
+    def replies(self, job_id: str) -> str:
+        """Set of the inboxes to tell when a job ends (its owner's, and any joiner's)."""
+        return f"{self.prefix}:replies:{job_id}"
 
 
 @dataclass(frozen=True)
@@ -106,6 +130,48 @@ def job_result(
         "queue_ms": round(queue_ms, 3),
         "batch_items": batch_items,
     }
+
+
+def is_oom(err: BaseException) -> bool:
+    """Whether Redis refused a write at its ``maxmemory``: a plain command, a transaction, or a
+    script (Redis 6 reports the last as a generic script error, with this text inside)."""
+    # redis-py drops the "OOM" error prefix from the message of a failed pipeline command.
+    return "command not allowed when used memory" in str(err)
+
+
+def is_sync(result_ttl: int | None) -> bool:
+    """Whether a job is a sync request's: nobody reads its result after the reply."""
+    return result_ttl == SYNC_RESULT_TTL_S
+
+
+def reply_fields(
+    job_id: str, result: dict[str, Any] | None = None, error: dict[str, str] | None = None
+) -> dict[str, str]:
+    """One inbox entry: the job's id and, for a sync job, its result or its error. An async
+    job's entry carries neither: it only wakes its long-polls, which read the job itself."""
+    fields = {"job": job_id}
+    if result is not None:
+        fields["result"] = json.dumps(result, separators=(",", ":"))
+    if error is not None:
+        fields["error"] = json.dumps(error, separators=(",", ":"))
+    return fields
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An inbox entry as the gateway reads it."""
+
+    job_id: str
+    result: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+
+    @classmethod
+    def parse(cls, fields: dict[bytes, bytes]) -> Reply:
+        def field_json(name: bytes) -> Any:
+            raw = fields.get(name)
+            return json.loads(raw) if raw is not None else None
+
+        return cls(fields.get(b"job", b"").decode(), field_json(b"result"), field_json(b"error"))
 
 
 ERROR_META_KEY = "error"

@@ -21,6 +21,10 @@ class CommonSettings(BaseSettings):
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("MODELGATE_REDIS_URL", "REDIS_URL", "redis_url"),
     )
+    cache_url: str | None = None
+    """Redis for the response cache (``MODELGATE_CACHE_URL``). Give it its own server with
+    ``maxmemory`` and ``allkeys-lru``, so cache entries can never crowd out jobs; unset, the
+    cache shares the job Redis."""
     prefix: str = DEFAULT_PREFIX
     log_format: str = "text"
     log_level: str = "INFO"

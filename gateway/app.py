@@ -40,7 +40,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             if dispatcher is None:
-                opened = Dispatcher(settings.redis_url, Keys(settings.prefix))
+                opened = Dispatcher(
+                    settings.redis_url,
+                    Keys(settings.prefix),
+                    cache_url=settings.cache_url,
+                    max_connections=settings.redis_max_connections,
+                    pool_timeout_s=settings.redis_pool_timeout_s,
+                )
                 stack.push_async_callback(opened.close)
                 _attach(app, opened, settings)
             yield
@@ -64,7 +70,7 @@ def create_app(
 
 def _attach(app: FastAPI, dispatcher: Dispatcher, settings: GatewaySettings) -> None:
     app.state.dispatcher = dispatcher
-    cache = ResponseCache(dispatcher.conn, settings.prefix)
+    cache = ResponseCache(dispatcher.connections.cache, settings.prefix)
     app.state.inference = Inference(dispatcher, cache, app.state.metrics)
     app.state.jobs = JobStore(dispatcher, settings.job_ttl_s)
 

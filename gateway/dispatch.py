@@ -1,9 +1,12 @@
 """Handing work to the workers through Redis and RQ, and waiting for it without polling.
 
 A job is built with RQ's own ``Job`` (JSON serializer, TTLs on result and failure) and written in
-one pipelined round trip. The wait for its outcome is one ``XREAD BLOCK`` on the stream RQ writes
-the result to (``rq:results:<job id>``) on an asyncio connection: it returns at once when the
-result is already there, costs no thread, and wakes the moment the worker writes.
+one pipelined round trip. A sync request's job keeps no result (``result_ttl`` 0): its worker
+replies to this gateway's inbox and deletes the job in the same transaction, so an answered
+request leaves nothing in Redis. The wait holds no connection: one listener per process reads
+the inbox (``gateway.replies``). Identical work already in flight is joined instead of repeated
+(single-flight): the joiner's inbox is added to the job's replies set, atomically with the check
+that the job has not replied yet.
 """
 
 from __future__ import annotations
@@ -12,18 +15,10 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aredis
-from redis import Redis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.results import Result
@@ -31,7 +26,17 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
 
 from contract.config import ModelSpec
-from contract.jobs import ERROR_META_KEY, PREDICT_FUNC, JobPayload, Keys, job_result
+from contract.jobs import (
+    ERROR_META_KEY,
+    PREDICT_FUNC,
+    SYNC_FAILURE_TTL_S,
+    SYNC_RESULT_TTL_S,
+    JobPayload,
+    Keys,
+    Reply,
+    job_result,
+)
+from gateway.connections import Connections, redis_errors
 from gateway.errors import (
     GatewayError,
     InferenceFailed,
@@ -39,9 +44,10 @@ from gateway.errors import (
     ModelUnavailable,
     Overloaded,
     PayloadTooLarge,
-    RedisUnavailable,
+    RedisOutOfMemory,
     WorkerLost,
 )
+from gateway.replies import ReplyListener
 
 _LIVE = """
 local t = redis.call('TIME')
@@ -70,16 +76,39 @@ if status ~= 'queued' then return status or 'unknown' end
 if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then
   return 'already taken by a worker'
 end
+if ARGV[2] == '0' then
+  redis.call('DEL', KEYS[1], KEYS[4])
+  return 'canceled'
+end
 redis.call('HSET', KEYS[1], 'status', 'canceled')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return 'canceled'
 """
 """Cancel only what no worker has taken: the job's id must still be in the queue list, and
-removing it there is what makes it canceled, in one atomic step."""
+removing it there is what makes it canceled, in one atomic step. With a TTL of 0 (a sync job
+whose caller gave up) the job is deleted instead of kept as canceled."""
+
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('SADD', KEYS[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+  return {'own', ARGV[1]}
+end
+local existing = redis.call('GET', KEYS[1])
+local replies = ARGV[5] .. existing
+if redis.call('EXISTS', replies) == 1 then
+  redis.call('SADD', replies, ARGV[3])
+  return {'joined', existing}
+end
+return {'gone', existing}
+"""
+"""Single-flight in one step: claim the work for a new job, or join the job that claimed it
+while it has not replied yet (its replies set exists from the claim until its reply), or learn
+that it has replied already: its outputs are in the cache."""
 
 RESULT_TTL_S = 24 * 3600
-"""How long a finished or failed job's result stays readable."""
+"""How long a finished or failed async job's result stays readable, unless the caller says."""
 
 ERROR_CODES_BY_WORKER_CODE: dict[str, type[GatewayError]] = {
     "deadline_exceeded": InferenceTimeout,
@@ -88,6 +117,11 @@ ERROR_CODES_BY_WORKER_CODE: dict[str, type[GatewayError]] = {
     "worker_lost": WorkerLost,
 }
 """Worker failure codes to the API error they surface as; any other is inference_failed."""
+
+
+def worker_error(error: dict[str, Any], job_id: str) -> GatewayError:
+    cls = ERROR_CODES_BY_WORKER_CODE.get(error.get("code", ""), InferenceFailed)
+    return cls(error.get("message") or "the model failed on this request", job_id=job_id)
 
 
 @dataclass(frozen=True)
@@ -104,64 +138,53 @@ class ModelLoad:
         return next(iter(self.fingerprints)) if len(self.fingerprints) == 1 else None
 
 
-@contextlib.asynccontextmanager
-async def _aredis_errors() -> AsyncIterator[None]:
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as err:
-        raise RedisUnavailable(f"Redis is unreachable ({type(err).__name__})") from None
-
-
 class Dispatcher:
-    """Enqueues predict jobs for a model's workers and awaits their results."""
+    """Enqueues predict jobs for a model's workers and awaits their replies."""
 
-    def __init__(self, redis_url: str, keys: Keys, *, connect_timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        keys: Keys,
+        *,
+        cache_url: str | None = None,
+        max_connections: int = 32,
+        pool_timeout_s: float = 5.0,
+        connect_timeout_s: float = 1.0,
+    ) -> None:
         self.keys = keys
-        common: dict[str, Any] = {
-            "socket_connect_timeout": connect_timeout_s,
-            "health_check_interval": 5,
-        }
-        # After a Redis restart every pooled connection is dead and fails its next command once:
-        # retry that once, at once, on a new connection. A Redis that is down still fails in
-        # milliseconds (refused twice); timeouts are not retried, so their bound stays.
-        once = (RedisConnectionError,)
-        self.sync = Redis.from_url(
-            redis_url, socket_timeout=2.0, retry=Retry(NoBackoff(), 1, once), **common
-        )
-        self.conn = aredis.Redis.from_url(
-            redis_url, socket_timeout=2.0, retry=AsyncRetry(NoBackoff(), 1, once), **common
-        )
-        # Blocking reads wait up to a request's deadline: no socket timeout, bounded by wait_for.
-        self.blocking = aredis.Redis.from_url(
+        self.connections = Connections(
             redis_url,
-            socket_timeout=None,
-            max_connections=4096,
-            retry=AsyncRetry(NoBackoff(), 1, once),
-            **common,
+            cache_url=cache_url,
+            max_connections=max_connections,
+            pool_timeout_s=pool_timeout_s,
+            connect_timeout_s=connect_timeout_s,
         )
+        self.conn = self.connections.conn
+        self.sync = self.connections.sync
+        self.listener = ReplyListener(self.connections.blocking_client(15.0), keys)
         self._live = self.conn.register_script(_LIVE)
         self._live_names = self.conn.register_script(_LIVE_NAMES)
         self._release = self.conn.register_script(_RELEASE)
         self._cancel = self.conn.register_script(_CANCEL)
+        self._claim = self.conn.register_script(_CLAIM)
         self._queues: dict[str, Queue] = {}
 
     async def close(self) -> None:
-        await self.conn.aclose()
-        await self.blocking.aclose()
-        self.sync.close()
+        await self.listener.stop()
+        await self.connections.close()
 
     async def ping(self) -> bool:
-        async with _aredis_errors():
+        async with redis_errors():
             return bool(await self.conn.ping())
 
     async def load(self, model: str) -> ModelLoad:
         keys = [self.keys.presence(model), self._queue_key(model), self.keys.fingerprints(model)]
-        async with _aredis_errors():
+        async with redis_errors():
             live, depth, fps = await self._live(keys=keys)
         return ModelLoad(int(live), int(depth), frozenset(f.decode() for f in fps if f))
 
     async def workers(self, model: str) -> list[dict[str, str]]:
-        async with _aredis_errors():
+        async with redis_errors():
             names = await self._live_names(keys=[self.keys.presence(model)])
             pipe = self.conn.pipeline(transaction=False)
             for name in names:
@@ -179,12 +202,21 @@ class Dispatcher:
         """Refuse at once what no worker would serve soon: no live worker, or a full queue."""
         load = await self.load(spec.name)
         if load.live_workers == 0:
+            if await self._full():
+                # Workers cannot renew their presence in a full Redis: say what is wrong.
+                raise RedisOutOfMemory("Redis is full (maxmemory reached); retry shortly")
             raise ModelUnavailable(f"no live worker serves model {spec.name!r}; try again later")
         if load.queue_depth >= spec.max_queue:
             raise Overloaded(
                 f"model {spec.name!r} has {load.queue_depth} jobs queued", retry_after_s=1
             )
         return load
+
+    async def _full(self) -> bool:
+        async with redis_errors():
+            info: dict[str, Any] = await self.conn.info("memory")
+        limit = int(info.get("maxmemory", 0))
+        return limit > 0 and int(info.get("used_memory", 0)) >= limit
 
     async def submit(
         self,
@@ -195,11 +227,83 @@ class Dispatcher:
         meta: dict[str, Any] | None = None,
         result_ttl_s: int = RESULT_TTL_S,
     ) -> str:
+        """Queue an async job: its result stays readable for ``result_ttl_s``."""
         job_id = job_id or uuid.uuid4().hex
-        async with _aredis_errors():
+        async with redis_errors():
             await self._rq_server_version()
             await self._send(self._job_commands(spec, payload, job_id, meta or {}, result_ttl_s))
         return job_id
+
+    async def run(
+        self, spec: ModelSpec, payload: JobPayload, flight: str | None
+    ) -> dict[str, Any] | None:
+        """Run a sync request's job (or join the identical one in flight) and return its result
+        (see ``contract.jobs.job_result``), or raise the GatewayError its failure maps to; 504
+        at the payload's deadline. None: the joined job replied before it could be joined, and
+        its outputs are in the cache."""
+        job_id = uuid.uuid4().hex
+        ttl = self._job_timeout(spec, payload) + 60
+        if flight is not None:
+            async with redis_errors():
+                state, existing = await self._claim(
+                    keys=[flight, self.keys.replies(job_id)],
+                    args=[job_id, ttl, self.listener.inbox, ttl, self.keys.replies("")],
+                )
+            if state != b"own":
+                if state == b"gone":
+                    return None
+                return await self._await(existing.decode(), spec.name, payload, owner=False)
+        try:
+            return await self._await(job_id, spec.name, payload, owner=True, submit=spec)
+        finally:
+            if flight is not None:
+                await self.release(flight, job_id)
+
+    async def _await(
+        self,
+        job_id: str,
+        model: str,
+        payload: JobPayload,
+        *,
+        owner: bool,
+        submit: ModelSpec | None = None,
+    ) -> dict[str, Any]:
+        future = self.listener.expect(job_id)
+        try:
+            if submit is not None:
+                await self._submit_sync(submit, payload, job_id)
+            assert payload.deadline is not None
+            remaining = payload.deadline - time.time()
+            try:
+                reply = await asyncio.wait_for(asyncio.shield(future), max(0.01, remaining))
+            except TimeoutError:
+                if owner:
+                    await self._abandon(job_id, model)
+                raise InferenceTimeout(
+                    f"no result within the model's timeout ({job_id})", job_id=job_id
+                ) from None
+        finally:
+            self.listener.forget(job_id, future)
+        return self._outcome(reply)
+
+    def _outcome(self, reply: Reply) -> dict[str, Any]:
+        if reply.error is not None:
+            raise worker_error(reply.error, reply.job_id)
+        if reply.result is None:
+            raise InferenceFailed("the worker replied without a result", job_id=reply.job_id)
+        return reply.result
+
+    async def _submit_sync(self, spec: ModelSpec, payload: JobPayload, job_id: str) -> None:
+        replies = self.keys.replies(job_id)
+        ttl = self._job_timeout(spec, payload) + 60
+        async with redis_errors():
+            await self._rq_server_version()  # before RQ's code runs, or it asks synchronously
+            commands = self._job_commands(spec, payload, job_id, {}, SYNC_RESULT_TTL_S)
+            commands += [
+                (("SADD", replies, self.listener.inbox), {}),
+                (("EXPIRE", replies, ttl), {}),
+            ]
+            await self._send(commands)
 
     async def _send(self, commands: list[tuple[Any, Any]]) -> None:
         """Send commands recorded from RQ's own code in one async transaction."""
@@ -207,25 +311,6 @@ class Dispatcher:
         for args, options in commands:
             pipe.execute_command(*args, **options)
         await pipe.execute()
-
-    async def submit_once(
-        self, spec: ModelSpec, payload: JobPayload, flight: str | None
-    ) -> tuple[str, bool]:
-        """Submit, unless a job for exactly this work is in flight: then share it.
-        Returns the job id and whether this call owns the job."""
-        job_id = uuid.uuid4().hex
-        if flight is not None:
-            async with _aredis_errors():
-                won = await self.conn.set(flight, job_id, nx=True, ex=max(1, int(spec.timeout_s)))
-                existing = None if won else await self.conn.get(flight)
-            if existing:
-                return existing.decode(), False
-        try:
-            return await self.submit(spec, payload, job_id=job_id), True
-        except GatewayError:
-            if flight is not None:
-                await self.release(flight, job_id)
-            raise
 
     async def store_finished(
         self,
@@ -256,18 +341,38 @@ class Dispatcher:
         recorder.expire(job.key, ttl_s)
         commands = list(recorder.command_stack)
         recorder.reset()
-        async with _aredis_errors():
+        async with redis_errors():
             await self._send(commands)
         return job_id
+
+    async def join(self, job_id: str, wait_s: float) -> asyncio.Future[Reply]:
+        """Be told when an async job ends (a long-poll). The caller checks the job's status
+        after this: a job that ends later replies to this gateway; one that ended before
+        already shows it. The caller ``forget``s the future when done with it."""
+        future = self.listener.expect(job_id)
+        replies = self.keys.replies(job_id)
+        try:
+            async with redis_errors():
+                pipe = self.conn.pipeline(transaction=True)
+                pipe.sadd(replies, self.listener.inbox)
+                pipe.expire(replies, int(wait_s) + 60)
+                await pipe.execute()
+        except GatewayError:
+            self.listener.forget(job_id, future)
+            raise
+        return future
 
     async def cancel_queued(self, job_id: str, queue_name: str, ttl_s: int) -> str:
         """Cancel a job no worker has taken yet, atomically; returns "canceled" or why not."""
         queue_key = Queue.redis_queue_namespace_prefix + queue_name
-        async with _aredis_errors():
-            outcome = await self._cancel(
-                keys=[Job.key_for(job_id), queue_key, f"rq:canceled:{queue_name}"],
-                args=[job_id, ttl_s, int(time.time()) + ttl_s],
-            )
+        keys = [
+            Job.key_for(job_id),
+            queue_key,
+            f"rq:canceled:{queue_name}",
+            self.keys.replies(job_id),
+        ]
+        async with redis_errors():
+            outcome = await self._cancel(keys=keys, args=[job_id, ttl_s, int(time.time()) + ttl_s])
         return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 
     async def release(self, flight: str, job_id: str) -> None:
@@ -289,6 +394,11 @@ class Dispatcher:
             version = tuple(int(p) for p in str(info["redis_version"]).split(".")[:3])
             setattr(self.sync, "__rq_redis_server_version", version)
 
+    @staticmethod
+    def _job_timeout(spec: ModelSpec, payload: JobPayload) -> int:
+        batches = max(1, -(-len(payload.inputs) // spec.max_batch_size))
+        return max(1, int(spec.timeout_s * batches + 0.999))
+
     def _job_commands(
         self,
         spec: ModelSpec,
@@ -300,14 +410,14 @@ class Dispatcher:
         """The commands RQ's own enqueue would send, recorded instead of sent, so the event loop
         writes them in one async round trip with no thread and no blocking call."""
         queue = self._queue(spec.name)
-        batches = max(1, -(-len(payload.inputs) // spec.max_batch_size))
-        timeout = max(1, int(spec.timeout_s * batches + 0.999))
+        timeout = self._job_timeout(spec, payload)
+        sync = result_ttl_s == SYNC_RESULT_TTL_S
         job = queue.create_job(
             PREDICT_FUNC,
             kwargs=payload.to_kwargs(),
             timeout=timeout,
             result_ttl=result_ttl_s,
-            failure_ttl=result_ttl_s,
+            failure_ttl=SYNC_FAILURE_TTL_S if sync else result_ttl_s,
             ttl=timeout + 60 if payload.deadline else None,
             job_id=job_id,
             meta={"request_id": payload.request_id, "model": spec.name, **meta},
@@ -318,47 +428,14 @@ class Dispatcher:
         recorder.reset()
         return commands
 
-    async def wait(
-        self, job_id: str, model: str, deadline: float, *, owner: bool = True
-    ) -> dict[str, Any]:
-        """The job's result (see ``contract.jobs.job_result``), or the GatewayError its failure
-        maps to; 504 at the deadline."""
-        remaining = deadline - time.time()
-        stream = Result.get_key(job_id)
-        async with _aredis_errors():
-            try:
-                reply: Any = await asyncio.wait_for(
-                    self.blocking.xread(
-                        {stream: "0-0"}, count=1, block=max(1, int(remaining * 1000))
-                    ),
-                    timeout=max(0.01, remaining) + 2.0,
-                )
-            except TimeoutError:
-                reply = None
-        if not reply:
-            if owner:
-                await self._abandon(job_id, model)
-            raise InferenceTimeout(
-                f"no result within the model's timeout ({job_id})", job_id=job_id
-            )
-        msg_id, fields = reply[0][1][0]
-        result = Result.restore(
-            job_id, msg_id.decode(), fields, connection=self.sync, serializer=JSONSerializer
-        )
-        if result.type == Result.Type.SUCCESSFUL:
-            value: dict[str, Any] = result.return_value or {}
-            return value
-        raise await self.failure(job_id)
-
     async def failure(self, job_id: str) -> GatewayError:
-        async with _aredis_errors():
+        async with redis_errors():
             raw = await self.conn.hget(Job.key_for(job_id), "meta")
         meta = JSONSerializer.loads(raw) if raw else {}
-        error = meta.get(ERROR_META_KEY) or {}
-        cls = ERROR_CODES_BY_WORKER_CODE.get(error.get("code", ""), InferenceFailed)
-        return cls(error.get("message") or "the model failed on this request", job_id=job_id)
+        return worker_error(meta.get(ERROR_META_KEY) or {}, job_id)
 
     async def _abandon(self, job_id: str, model: str) -> None:
-        """Best effort: cancel the job if still queued; the worker also skips it past deadline."""
+        """Best effort: delete the job if still queued; a worker also skips it past deadline
+        (and replies, which deletes it)."""
         with contextlib.suppress(GatewayError, RedisError, OSError):
-            await self.cancel_queued(job_id, self.keys.queue(model), RESULT_TTL_S)
+            await self.cancel_queued(job_id, self.keys.queue(model), SYNC_RESULT_TTL_S)

@@ -12,9 +12,10 @@ server-side failures are logged, never shown.
     ├── Overloaded              429 overloaded          (Retry-After)
     ├── InferenceFailed         500 inference_failed
     ├── Unauthorized            401 unauthorized        (WWW-Authenticate)
-    ├── ModelUnavailable        503 model_unavailable
+    ├── ModelUnavailable        503 model_unavailable   (Retry-After)
     ├── WorkerLost              503 worker_lost
-    ├── RedisUnavailable        503 redis_unavailable
+    ├── RedisUnavailable        503 redis_unavailable   (Retry-After)
+    ├── RedisOutOfMemory        503 redis_out_of_memory (Retry-After)
     └── InferenceTimeout        504 inference_timeout
 """
 
@@ -68,20 +69,26 @@ class InvalidInput(GatewayError):
     status_code, code = 422, "invalid_input"
 
 
-class Overloaded(GatewayError):
-    status_code, code = 429, "overloaded"
+class _RetryLater(GatewayError):
+    """An error that passes: the client should retry after ``Retry-After`` seconds."""
 
-    def __init__(self, message: str, retry_after_s: int = 1, **details: Any) -> None:
+    retry_after_s = 1
+
+    def __init__(self, message: str, retry_after_s: int | None = None, **details: Any) -> None:
         super().__init__(message, **details)
-        self.headers["Retry-After"] = str(retry_after_s)
+        self.headers["Retry-After"] = str(retry_after_s or self.retry_after_s)
+
+
+class Overloaded(_RetryLater):
+    status_code, code = 429, "overloaded"
 
 
 class InferenceFailed(GatewayError):
     status_code, code = 500, "inference_failed"
 
 
-class ModelUnavailable(GatewayError):
-    status_code, code = 503, "model_unavailable"
+class ModelUnavailable(_RetryLater):
+    status_code, code, retry_after_s = 503, "model_unavailable", 5
 
 
 class WorkerLost(GatewayError):
@@ -96,8 +103,12 @@ class Unauthorized(GatewayError):
         self.headers["WWW-Authenticate"] = "Bearer"
 
 
-class RedisUnavailable(GatewayError):
-    status_code, code = 503, "redis_unavailable"
+class RedisUnavailable(_RetryLater):
+    status_code, code, retry_after_s = 503, "redis_unavailable", 2
+
+
+class RedisOutOfMemory(_RetryLater):
+    status_code, code, retry_after_s = 503, "redis_out_of_memory", 5
 
 
 class InferenceTimeout(GatewayError):

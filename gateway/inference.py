@@ -75,6 +75,29 @@ class Inference:
             )
         return await self.dispatcher.submit(spec, payload, meta=meta, result_ttl_s=job_ttl_s)
 
+    async def _run(
+        self, spec: ModelSpec, payload: JobPayload, flight: str | None
+    ) -> dict[str, Any]:
+        result = await self.dispatcher.run(spec, payload, flight)
+        assert result is not None or flight is not None
+        return result or {}
+
+    async def _shared(
+        self, spec: ModelSpec, payload: JobPayload, fingerprint: str
+    ) -> dict[str, Any]:
+        """Compute ``payload``, or share the identical computation already in flight."""
+        params, texts = payload.parameters, payload.inputs
+        flight = flight_key(self.cache.prefix, spec.name, fingerprint, params, texts)
+        result = await self.dispatcher.run(spec, payload, flight)
+        if result is not None:
+            return result
+        # The shared job replied before it could be joined: its outputs are in the cache,
+        # unless evicted since; then compute them again, alone.
+        again = await self.cache.lookup(spec.name, fingerprint, params, texts)
+        if not again.missing:
+            return {"outputs": again.outputs}
+        return await self._run(spec, payload, None)
+
     async def predict(
         self,
         spec: ModelSpec,
@@ -98,18 +121,13 @@ class Inference:
         if not lookup.missing:
             return Prediction(lookup.outputs, "hit")
         todo = [inputs[i] for i in lookup.missing]
-        flight = None
-        if use_cache and mode is CacheMode.NORMAL:
-            assert fingerprint is not None
-            flight = flight_key(self.cache.prefix, spec.name, fingerprint, params, todo)
         cache_ttl = spec.cache_ttl_s if use_cache else 0
         payload = JobPayload(todo, params, deadline, request_id, cache_ttl, priority)
-        job_id, owner = await self.dispatcher.submit_once(spec, payload, flight)
-        try:
-            result = await self.dispatcher.wait(job_id, spec.name, deadline, owner=owner)
-        finally:
-            if flight is not None and owner:
-                await self.dispatcher.release(flight, job_id)
+        if use_cache and mode is CacheMode.NORMAL:
+            assert fingerprint is not None
+            result = await self._shared(spec, payload, fingerprint)
+        else:
+            result = await self._run(spec, payload, None)
         outputs = list(lookup.outputs)
         for i, out in zip(lookup.missing, result["outputs"], strict=True):
             outputs[i] = out

@@ -16,7 +16,8 @@ from rq.queue import Queue
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from gateway.dispatch import Dispatcher, _aredis_errors
+from gateway.connections import redis_errors
+from gateway.dispatch import Dispatcher
 from gateway.errors import JobNotCancelable, UnknownJob
 
 TERMINAL = {"finished", "failed", "canceled", "stopped"}
@@ -37,7 +38,7 @@ class JobStore:
     async def _hash(self, job_id: str) -> dict[str, str]:
         if not job_id.isalnum() or len(job_id) > 64:
             raise UnknownJob(f"no job {job_id!r} (unknown or expired)")
-        async with _aredis_errors():
+        async with redis_errors():
             raw = await self.conn.hmget(
                 Job.key_for(job_id),
                 ["status", "origin", "meta", "created_at", "enqueued_at", "started_at", "ended_at"],
@@ -51,20 +52,22 @@ class JobStore:
     async def get(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
         data = await self._hash(job_id)
         if wait_s > 0 and data.get("status") not in TERMINAL:
-            await self._wait(job_id, min(wait_s, MAX_WAIT_S))
-            data = await self._hash(job_id)
+            data = await self._wait(job_id, min(wait_s, MAX_WAIT_S))
         return await self._describe(job_id, data)
 
-    async def _wait(self, job_id: str, wait_s: float) -> None:
-        stream = Result.get_key(job_id)
-        async with _aredis_errors():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.dispatcher.blocking.xread(
-                        {stream: "0-0"}, count=1, block=int(wait_s * 1000)
-                    ),
-                    timeout=wait_s + 2,
-                )
+    async def _wait(self, job_id: str, wait_s: float) -> dict[str, str]:
+        """The job's hash once it ends, or after ``wait_s``; joined first, then read, so an
+        ending between the two is never missed."""
+        ended = await self.dispatcher.join(job_id, wait_s)
+        try:
+            data = await self._hash(job_id)
+            if data.get("status") not in TERMINAL:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(ended), wait_s)
+                data = await self._hash(job_id)
+            return data
+        finally:
+            self.dispatcher.listener.forget(job_id, ended)
 
     async def _describe(self, job_id: str, data: dict[str, str]) -> dict[str, Any]:
         meta = JSONSerializer.loads(data["meta"].encode()) if data.get("meta") else {}
@@ -93,7 +96,7 @@ class JobStore:
         """Jobs ahead of this one: 0 when a worker has already taken it for its next batch."""
         queue_key = Queue.redis_queue_namespace_prefix + origin
         taken_key = IntermediateQueue.get_intermediate_queue_key(queue_key)
-        async with _aredis_errors():
+        async with redis_errors():
             pipe = self.conn.pipeline(transaction=False)
             pipe.lpos(taken_key, job_id)
             pipe.llen(taken_key)
@@ -104,7 +107,7 @@ class JobStore:
         return None if index is None else int(index) + int(n_taken)
 
     async def _outputs(self, job_id: str) -> list[Any]:
-        async with _aredis_errors():
+        async with redis_errors():
             entries: Any = await self.conn.xrevrange(Result.get_key(job_id), count=1)
         if not entries:
             raise UnknownJob(f"the result of job {job_id!r} has expired")

@@ -15,10 +15,54 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from contract.config import Registry
+from gateway.census import Census, RedisFacts
 from gateway.dispatch import Dispatcher
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class RedisCollector(Collector):
+    """Exposes Redis memory and keys by kind (last census), and this process's connections."""
+
+    def __init__(self) -> None:
+        self.facts: dict[str, RedisFacts] = {}
+        self.pools: dict[str, tuple[int, int, int]] = {}
+        self.waiting = 0
+
+    def collect(self) -> Iterator[Any]:
+        used = GaugeMetricFamily(
+            "modelgate_redis_memory_bytes", "memory Redis uses", labels=["redis"]
+        )
+        limit = GaugeMetricFamily(
+            "modelgate_redis_maxmemory_bytes", "Redis maxmemory (0: none)", labels=["redis"]
+        )
+        keys = GaugeMetricFamily(
+            "modelgate_redis_keys", "keys in Redis by kind", labels=["redis", "kind"]
+        )
+        complete = GaugeMetricFamily(
+            "modelgate_redis_keys_complete", "1 if the key census read every key", labels=["redis"]
+        )
+        for name, facts in sorted(self.facts.items()):
+            used.add_metric([name], facts.used_bytes)
+            limit.add_metric([name], facts.max_bytes)
+            complete.add_metric([name], int(facts.complete))
+            for kind, count in sorted(facts.keys.items()):
+                keys.add_metric([name, kind], count)
+        conns = GaugeMetricFamily(
+            "modelgate_redis_connections",
+            "this gateway process's pooled Redis connections",
+            labels=["pool", "state"],
+        )
+        for pool, (in_use, opened, bound) in sorted(self.pools.items()):
+            conns.add_metric([pool, "in_use"], in_use)
+            conns.add_metric([pool, "open"], opened)
+            conns.add_metric([pool, "max"], bound)
+        waiting = GaugeMetricFamily(
+            "modelgate_waiting_requests", "requests of this process waiting for a reply"
+        )
+        waiting.add_metric([], self.waiting)
+        yield from (used, limit, keys, complete, conns, waiting)
 
 
 class DeploymentCollector(Collector):
@@ -98,6 +142,9 @@ class Metrics:
         )
         self.deployment = DeploymentCollector()
         self.registry.register(self.deployment)
+        self.redis = RedisCollector()
+        self.registry.register(self.redis)
+        self._census: Census | None = None
 
     def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(model, endpoint, str(status)).inc()
@@ -119,6 +166,12 @@ class Metrics:
         self.deployment.snapshot = {
             m.name: await _snapshot(m.name, dispatcher) for m in registry.models
         }
+        if self._census is None:
+            conns = dispatcher.connections
+            self._census = Census(conns.conn, conns.cache, dispatcher.keys)
+        self.redis.facts = await self._census.take()
+        self.redis.pools = dispatcher.connections.pool_stats()
+        self.redis.waiting = dispatcher.listener.waiting
         return generate_latest(self.registry)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from contract.settings import CommonSettings
 
 
@@ -19,3 +21,10 @@ class GatewaySettings(CommonSettings):
 
     api_keys_file: str | None = None
     """A file of SHA-256 key hashes, one a line."""
+
+    redis_max_connections: int = Field(default=32, gt=0, le=10_000)
+    """Connections per pool (jobs, cache) of one gateway process; a request that finds them all
+    busy waits for one, up to ``redis_pool_timeout_s``, then gets 429."""
+
+    redis_pool_timeout_s: float = Field(default=5.0, gt=0)
+    """How long a request waits for a free Redis connection."""

@@ -19,7 +19,8 @@ EPILOG = """examples:
   modelgate fetch                      download models.yaml's hub models (pinned revisions)
 
 environment: MODELGATE_CONFIG (models.yaml path), REDIS_URL (redis:// or rediss://, with
-password if any), MODELGATE_PREFIX (key namespace), MODELGATE_LOG_FORMAT (text|json)."""
+password if any), MODELGATE_CACHE_URL (a separate Redis for the response cache),
+MODELGATE_PREFIX (key namespace), MODELGATE_LOG_FORMAT (text|json)."""
 
 
 def _config_default() -> str:
@@ -52,6 +53,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         redis_url=os.environ.get("REDIS_URL"),
+        cache_url=os.environ.get("MODELGATE_CACHE_URL"),
+        redis_maxmemory=args.redis_maxmemory,
+        cache_maxmemory=args.cache_maxmemory,
         log_format=args.log_format,
     )
     return stack.run()
@@ -147,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
             help="log line format",
         )
         p.set_defaults(func=cmd_up if name == "up" else cmd_gateway)
+        if name == "up":
+            p.add_argument(
+                "--redis-maxmemory",
+                default="1gb",
+                help="memory budget of the private job Redis, which never evicts and refuses "
+                "writes when full (default 1gb; only when REDIS_URL is unset)",
+            )
+            p.add_argument(
+                "--cache-maxmemory",
+                default="256mb",
+                help="memory budget of the private cache Redis, which evicts least recently "
+                "used entries (default 256mb; only when MODELGATE_CACHE_URL is unset)",
+            )
         if name == "gateway":
             p.add_argument(
                 "--graceful-timeout",

@@ -39,9 +39,19 @@ def free_port() -> int:
         return port
 
 
+JOBS_POLICY = "noeviction"
+"""The job Redis never evicts: a queued job or an unread result must not vanish. At its
+``maxmemory`` it refuses writes instead (the gateway answers 503 redis_out_of_memory)."""
+
+CACHE_POLICY = "allkeys-lru"
+"""The cache Redis holds only cache entries: at its ``maxmemory`` the least recently used go."""
+
+
 class RedisServer:
     """Starts redis-server bound to 127.0.0.1; ``stop()`` ends it. With ``persistent`` it keeps
-    an append-only file, so a ``restart()`` (same port, same data) loses no queued job."""
+    an append-only file, so a ``restart()`` (same port, same data) loses no queued job.
+    ``maxmemory`` (bytes, or Redis units such as ``512mb``; "0": none) and ``policy`` set its
+    memory budget and what happens at it."""
 
     def __init__(
         self,
@@ -50,7 +60,11 @@ class RedisServer:
         *,
         persistent: bool = False,
         password: str | None = None,
+        maxmemory: str = "0",
+        policy: str = JOBS_POLICY,
     ) -> None:
+        self.maxmemory = maxmemory
+        self.policy = policy
         self.port = port or free_port()
         self.binary = binary or find_redis_server()
         self.persistent = persistent
@@ -80,6 +94,10 @@ class RedisServer:
             self._dir.name,
             "--protected-mode",
             "yes",
+            "--maxmemory",
+            self.maxmemory,
+            "--maxmemory-policy",
+            self.policy,
         ]
         if self.password:
             args += ["--requirepass", self.password]

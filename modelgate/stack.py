@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from contract.config import Registry
 from contract.jobs import PRESENCE_TTL_S, Keys
-from modelgate.redis_server import RedisServer
+from modelgate.redis_server import CACHE_POLICY, JOBS_POLICY, RedisServer
 
 STOP_GRACE_S = 15.0
 """How long children get to finish in-flight work after SIGTERM before SIGKILL."""
@@ -61,6 +61,9 @@ class Stack:
         host: str = "127.0.0.1",
         port: int = 8000,
         redis_url: str | None = None,
+        cache_url: str | None = None,
+        redis_maxmemory: str = "1gb",
+        cache_maxmemory: str = "256mb",
         log_format: str = "text",
         say: Callable[[str], None] = lambda s: print(s, flush=True),
     ) -> None:
@@ -68,11 +71,13 @@ class Stack:
         self.config_path = os.path.abspath(config_path)
         self.host, self.port = host, port
         self.redis_url = redis_url
+        self.cache_url = cache_url
+        self.maxmemory = (redis_maxmemory, cache_maxmemory)
         self.log_format = log_format
         self.say = say
         self.keys = Keys(os.environ.get("MODELGATE_PREFIX", "modelgate"))
         self.children: list[Child] = []
-        self.redis_server: RedisServer | None = None
+        self.redis_servers: list[RedisServer] = []
         self._stop = threading.Event()
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
@@ -95,8 +100,10 @@ class Stack:
 
     def _env(self) -> dict[str, str]:
         assert self.redis_url
+        cache = {"MODELGATE_CACHE_URL": self.cache_url} if self.cache_url else {}
         return {
             **os.environ,
+            **cache,
             "REDIS_URL": self.redis_url,
             "MODELGATE_CONFIG": self.config_path,
             "MODELGATE_LOG_FORMAT": self.log_format,
@@ -105,9 +112,7 @@ class Stack:
 
     def _start_all(self) -> None:
         if not self.redis_url:
-            self.redis_server = RedisServer().start()
-            self.redis_url = self.redis_server.url
-            self.say(f"modelgate: started a private redis-server at {self.redis_url}")
+            self._start_redis()
         cpu_workers = sum(
             m.replicas for m in self.registry.models if not m.device.startswith("cuda")
         )
@@ -133,6 +138,25 @@ class Stack:
         self.children.append(Child("gateway", gateway, name="gateway"))
         for child in self.children:
             self._spawn(child)
+
+    def _start_redis(self) -> None:
+        """Two private servers: jobs (never evicts) and the response cache (evicts LRU), so
+        cache entries can never push out a queued job or an unread result."""
+        jobs_mem, cache_mem = self.maxmemory
+        jobs = RedisServer(maxmemory=jobs_mem, policy=JOBS_POLICY).start()
+        self.redis_servers.append(jobs)
+        self.redis_url = jobs.url
+        self.say(
+            f"modelgate: started redis-server for jobs at {jobs.url} ({jobs_mem}, {JOBS_POLICY})"
+        )
+        if self.cache_url is None:
+            cache = RedisServer(maxmemory=cache_mem, policy=CACHE_POLICY).start()
+            self.redis_servers.append(cache)
+            self.cache_url = cache.url
+            self.say(
+                f"modelgate: started redis-server for the cache at {cache.url} "
+                f"({cache_mem}, {CACHE_POLICY})"
+            )
 
     def _spawn(self, child: Child) -> None:
         args = child.args
@@ -249,6 +273,6 @@ class Stack:
                 self.say(f"modelgate: {child.name} did not stop in time; killing it")
                 child.proc.kill()
                 child.proc.wait()
-        if self.redis_server is not None:
-            self.redis_server.stop()
+        for server in reversed(self.redis_servers):
+            server.stop()
         self.say("modelgate: stopped")

@@ -211,10 +211,14 @@ def gateway_up(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def paused_worker(stack: Stack, model: str, name: str) -> Iterator[WorkerProc]:
+def paused_worker(
+    stack: Stack, model: str, name: str, *, log: bool = False
+) -> Iterator[WorkerProc]:
     """A worker of ``model`` that is SIGSTOPped as soon as it is ready (its queue fills up,
-    its jobs wait), resumed and stopped on exit."""
-    worker = start_worker(stack.redis_url, stack.config, model, name)
+    its jobs wait), resumed and stopped on exit; with ``log``, its log is ``<name>.log`` in
+    the stack's log folder."""
+    log_path = stack.log_dir / f"{name}.log" if log else None
+    worker = start_worker(stack.redis_url, stack.config, model, name, log_path=log_path)
     worker.proc.send_signal(signal.SIGSTOP)
     try:
         yield worker

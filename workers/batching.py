@@ -28,7 +28,8 @@ from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from contract.cache import item_key
-from contract.jobs import ERROR_META_KEY, Keys, job_result
+from contract.jobs import ERROR_META_KEY, Keys, is_oom, is_sync, job_result
+from workers.replies import Replier
 from workers.tasks import Engine, InferenceError, JobLike, Outcome, run_jobs
 
 BLOCKING_WAIT_MIN_S = 0.2
@@ -42,6 +43,27 @@ POLL_INTERVAL_S = 0.0005
 
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 """What a Redis restart or outage raises. RQ's work loop quits on these outside its dequeue."""
+
+
+class RedisFull(Exception):
+    """Redis refused a write at its ``maxmemory`` (policy ``noeviction``)."""
+
+
+REDIS_REFUSING = (*REDIS_DOWN, RedisFull)
+"""What a batch's own writes wait out: an outage, or a full Redis that frees memory as sync
+jobs are answered and async results expire."""
+
+
+@contextlib.contextmanager
+def _full_as_refusal() -> Iterator[None]:
+    """Raise a Redis OOM refusal (however Redis words it) as :class:`RedisFull`."""
+    try:
+        yield
+    except redis.exceptions.ResponseError as err:
+        if is_oom(err):
+            raise RedisFull(str(err)) from err
+        raise
+
 
 REDIS_RETRY_S = 30.0
 """How long a batch keeps retrying its start or its results while Redis is away."""
@@ -78,9 +100,12 @@ class BatchingWorker(SimpleWorker):
         model: str,
         fingerprint: str = "",
         on_batch: Callable[[int], None] | None = None,
+        cache_connection: redis.Redis | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(queues, **kwargs)
+        self.cache_connection = cache_connection
+        self.replier = Replier(self.connection, keys)
         self.engine = engine
         self.fingerprint = fingerprint
         self.policy = policy
@@ -130,11 +155,25 @@ class BatchingWorker(SimpleWorker):
 
     @contextlib.contextmanager
     def _unless_redis_down(self, what: str) -> Iterator[None]:
-        """Skip a bookkeeping step while Redis is unreachable, with a warning."""
+        """Skip a bookkeeping step while Redis is unreachable or full, with a warning."""
         try:
-            yield
-        except REDIS_DOWN as err:
-            self.log.warning("%s skipped, Redis unreachable: %s", what, err)
+            with _full_as_refusal():
+                yield
+        except REDIS_REFUSING as err:
+            self.log.warning("%s skipped, Redis unreachable or full: %s", what, err)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> Any:
+        # RQ waits out an unreachable Redis here but quits on any other error; a full Redis
+        # (taking a job is a write) is waited out too, so the worker recovers by itself.
+        while True:
+            try:
+                with _full_as_refusal():
+                    return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except RedisFull as err:
+                self.log.warning("cannot take jobs, Redis is full; retrying in 1 s: %s", err)
+                time.sleep(1.0)
 
     def _install_signal_handlers(self) -> None:
         # Under `modelgate up` the terminal's Ctrl-C reaches the whole process group; the
@@ -156,8 +195,8 @@ class BatchingWorker(SimpleWorker):
             executions = self._retrying(lambda: self._start(jobs, queue))
             outcomes, elapsed_ms = self._run(jobs)
             self._retrying(lambda: self._finish(jobs, executions, outcomes, queue, elapsed_ms))
-        except REDIS_DOWN as err:
-            self.log.error("batch abandoned, Redis unreachable for %.0f s: %s", REDIS_RETRY_S, err)
+        except REDIS_REFUSING as err:
+            self.log.error("batch abandoned, Redis refused it for %.0f s: %s", REDIS_RETRY_S, err)
         finally:
             self.busy_since = None
             self.set_state(WorkerStatus.IDLE)
@@ -168,11 +207,12 @@ class BatchingWorker(SimpleWorker):
         pause = 0.1
         while True:
             try:
-                return step()
-            except REDIS_DOWN as err:
+                with _full_as_refusal():
+                    return step()
+            except REDIS_REFUSING as err:
                 if time.monotonic() + pause > give_up:
                     raise
-                self.log.warning("Redis unreachable, retrying in %.1f s: %s", pause, err)
+                self.log.warning("Redis refused a write, retrying in %.1f s: %s", pause, err)
                 time.sleep(pause)
                 pause = min(1.0, pause * 2)
 
@@ -194,8 +234,9 @@ class BatchingWorker(SimpleWorker):
         deadline = time.monotonic() + delay_ms / 1000
         while (room := self.policy.max_size - self._items(jobs)) > 0:
             try:
-                ids = self._drain_ids(queue, room, deadline)
-            except REDIS_DOWN:
+                with _full_as_refusal():
+                    ids = self._drain_ids(queue, room, deadline)
+            except REDIS_REFUSING:
                 break  # ids already moved stay in the intermediate list: the reaper requeues them
             if not ids:
                 break
@@ -249,6 +290,7 @@ class BatchingWorker(SimpleWorker):
                 job.prepare_for_execution(self.name, pipeline=pipe)
                 pipe.persist(job.key)
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipe.delete(self.keys.seen(job.id))
             self.heartbeat(self.get_heartbeat_ttl(jobs[0]), pipeline=pipe)
             pipe.execute()
         return executions
@@ -280,24 +322,34 @@ class BatchingWorker(SimpleWorker):
         ended = now()
         items = self._items(jobs)
         self.last_batch_items = items
+        # Cache first: a single-flight joiner that finds the job already gone reads the cache.
+        self._cache(outcomes)
         with self.connection.pipeline() as pipe:
             for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
                 job.ended_at = ended
                 if outcome.error is not None or outcome.value is None:
+                    if is_sync(job.result_ttl):
+                        self._reply_failure(job, execution, outcome.error, pipe)
                     continue
                 value = job_result(
                     outcome.value, self.fingerprint, elapsed_ms, items, _queue_ms(job)
                 )
                 self._record_success(job, execution, value, pipe)
-                self._cache(outcome, pipe)
             pipe.hincrby(self.keys.stats(self.model), "batches", 1)
             pipe.hincrby(self.keys.stats(self.model), "jobs", len(jobs))
             pipe.hincrby(self.keys.stats(self.model), "items", items)
             pipe.hincrby(self.keys.stats(self.model), f"batch_size:{items}", 1)
             pipe.execute()
         for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
-            if outcome.error is not None:
+            if outcome.error is not None and not is_sync(job.result_ttl):
                 self._record_failure(job, execution, outcome.error, queue)
+        self._log_done(jobs, outcomes, items, elapsed_ms)
+        if self.on_batch is not None:
+            self.on_batch(items)
+
+    def _log_done(
+        self, jobs: list[Job], outcomes: list[Outcome], items: int, elapsed_ms: float
+    ) -> None:
         for job, outcome in zip(jobs, outcomes, strict=True):
             if outcome.error is None:
                 request_id = outcome.payload.request_id if outcome.payload else ""
@@ -310,30 +362,45 @@ class BatchingWorker(SimpleWorker):
                     request_id or "-",
                     extra={"job_id": job.id, "request_id": request_id, "model": self.model},
                 )
-        if self.on_batch is not None:
-            self.on_batch(items)
 
-    def _cache(self, outcome: Outcome, pipe: Any) -> None:
-        """Store each computed item in the response cache, in the same round trip as results."""
-        payload = outcome.payload
-        if (
-            payload is None
-            or payload.cache_ttl_s <= 0
-            or not self.fingerprint
-            or outcome.value is None
-        ):
+    def _cache(self, outcomes: list[Outcome]) -> None:
+        """Store each computed item in the response cache (its own Redis when configured)."""
+        entries: dict[str, tuple[str, int]] = {}
+        for outcome in outcomes:
+            payload = outcome.payload
+            if payload is None or payload.cache_ttl_s <= 0 or not outcome.value:
+                continue
+            if not self.fingerprint:
+                continue
+            for text, output in zip(payload.inputs, outcome.value, strict=True):
+                key = item_key(
+                    self.keys.prefix, self.model, self.fingerprint, payload.parameters, text
+                )
+                entries[key] = (json.dumps(output), payload.cache_ttl_s)
+        if not entries:
             return
-        for text, output in zip(payload.inputs, outcome.value, strict=True):
-            key = item_key(self.keys.prefix, self.model, self.fingerprint, payload.parameters, text)
-            pipe.set(key, json.dumps(output), ex=payload.cache_ttl_s)
+        connection = self.cache_connection or self.connection
+        try:
+            with connection.pipeline(transaction=False) as pipe:
+                for key, (value, ttl) in entries.items():
+                    pipe.set(key, value, ex=ttl)
+                pipe.execute()
+        except (redis.exceptions.RedisError, OSError) as err:
+            # A cache that cannot take entries only costs recomputation, never a result.
+            self.log.warning("%d cache entries not stored: %s", len(entries), err)
 
     def _record_success(self, job: Job, execution: Execution, value: Any, pipe: Any) -> None:
-        result_ttl = job.get_result_ttl(self.default_result_ttl)
-        job._result = value
-        job._status = JobStatus.FINISHED
         self.increment_successful_job_count(pipeline=pipe)
         assert job.ended_at is not None and job.started_at is not None
         self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+        if is_sync(job.result_ttl):
+            self.replier.notify(pipe, job.id, result=value)
+            self.replier.discard(pipe, job)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            return
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        job._result = value
+        job._status = JobStatus.FINISHED
         job._handle_success(
             result_ttl,
             pipeline=pipe,
@@ -343,6 +410,18 @@ class BatchingWorker(SimpleWorker):
             execution_ended_at=job.ended_at,
         )
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+        self.cleanup_execution(job, pipeline=pipe, execution=execution)
+        self.replier.notify(pipe, job.id)
+
+    def _reply_failure(
+        self, job: Job, execution: Execution, error: InferenceError | None, pipe: Any
+    ) -> None:
+        """A sync job's failure goes to its caller's inbox; nothing of the job stays."""
+        error = error or InferenceError("inference_failed", "the model returned no output")
+        self.log.warning("job %s failed: %s", job.id, error)
+        self.increment_failed_job_count(pipeline=pipe)
+        self.replier.notify(pipe, job.id, error={"code": error.code, "message": error.message})
+        self.replier.discard(pipe, job)
         self.cleanup_execution(job, pipeline=pipe, execution=execution)
 
     def _record_failure(
@@ -359,3 +438,7 @@ class BatchingWorker(SimpleWorker):
             exc_string=str(error),
             execution=execution,
         )
+        # After the failure is recorded: a long-poll that joins later sees it in the job itself.
+        with self.connection.pipeline() as pipe:
+            self.replier.notify(pipe, job.id)
+            pipe.execute()

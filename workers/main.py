@@ -83,6 +83,12 @@ def serve(
         settings.redis_url, socket_connect_timeout=5, health_check_interval=10
     )
     queue = Queue(keys.queue(spec.name), connection=connection, serializer=JSONSerializer)
+    cache_connection = None
+    if settings.cache_url and settings.cache_url != settings.redis_url:
+        # Short timeouts: a cache that is away costs recomputation, never a batch's results.
+        cache_connection = Redis.from_url(
+            settings.cache_url, socket_connect_timeout=1, socket_timeout=1
+        )
     worker = BatchingWorker(
         [queue],
         engine=engine,
@@ -90,6 +96,7 @@ def serve(
         keys=keys,
         model=spec.name,
         fingerprint=engine.fingerprint,
+        cache_connection=cache_connection,
         name=name or f"{spec.name}-{uuid.uuid4().hex[:8]}",
         connection=connection,
         serializer=JSONSerializer,

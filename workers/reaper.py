@@ -6,7 +6,8 @@ them leaves them in the queue's intermediate list. Every live worker of a model 
 check every couple of seconds (one at a time, under a short lock): a started job whose worker
 no longer heart-beats is requeued once at the front of the queue, or failed with
 ``worker_lost`` if it was requeued before; a job stuck in the intermediate list is put back.
-Failing writes RQ's failure result, so a caller waiting on the result stream wakes at once.
+Failing replies to the waiting gateways at once (a sync job's caller gets the error, and the job
+is deleted; an async job keeps RQ's failure result).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from contract.jobs import ERR_WORKER_LOST, ERROR_META_KEY, Keys
+from contract.jobs import ERR_WORKER_LOST, ERROR_META_KEY, Keys, is_sync
+from workers.replies import Replier
 
 log = logging.getLogger("modelgate.worker")
 
@@ -47,6 +49,7 @@ class Reaper:
         self.worker_name = worker_name
         self.queue = Queue(keys.queue(model), connection=connection, serializer=JSONSerializer)
         self._live = connection.register_script(_LIVE)
+        self.replier = Replier(connection, keys)
 
     def run_once(self) -> int:
         """One pass; returns how many jobs it recovered. Only one worker per model at a time."""
@@ -80,7 +83,7 @@ class Reaper:
         now = time.time()
         for raw in self.connection.lrange(key, 0, -1):
             job_id = raw.decode()
-            seen_key = f"{self.keys.prefix}:seen:{job_id}"
+            seen_key = self.keys.seen(job_id)
             self.connection.set(seen_key, now, nx=True, ex=300)
             first_seen = float(self.connection.get(seen_key) or now)
             if now - first_seen < ORPHAN_AFTER_S:
@@ -105,13 +108,21 @@ class Reaper:
                 pipe.execute()
             log.warning("job %s lost its worker %s: requeued", job.id, job.worker_name)
             return
-        job.meta[ERROR_META_KEY] = {
+        error = {
             "code": ERR_WORKER_LOST,
             "message": "the worker running this job died, and so did the one it was retried on",
         }
+        job.meta[ERROR_META_KEY] = error
         with self.connection.pipeline() as pipe:
-            job.set_status(JobStatus.FAILED, pipeline=pipe)
-            pipe.hset(job.key, "meta", JSONSerializer.dumps(job.meta))
-            job._handle_failure(f"{ERR_WORKER_LOST}: worker {job.worker_name} died", pipeline=pipe)
+            if is_sync(job.result_ttl):
+                self.replier.notify(pipe, job.id, error=error)
+                self.replier.discard(pipe, job)
+            else:
+                job.set_status(JobStatus.FAILED, pipeline=pipe)
+                pipe.hset(job.key, "meta", JSONSerializer.dumps(job.meta))
+                job._handle_failure(
+                    f"{ERR_WORKER_LOST}: worker {job.worker_name} died", pipeline=pipe
+                )
+                self.replier.notify(pipe, job.id)
             pipe.execute()
         log.error("job %s lost its worker twice: failed with %s", job.id, ERR_WORKER_LOST)

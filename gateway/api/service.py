@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.connections import redis_errors
 from gateway.deps import DispatcherDep, RegistryDep
 from gateway.errors import GatewayError
 
@@ -40,7 +41,8 @@ async def metrics(
 ) -> PlainTextResponse:
     """Prometheus text format: requests, latency, queue and inference time, batch sizes,
     cache hits, queue depth and live workers per model."""
-    body = await request.app.state.metrics.render(registry, dispatcher)
+    async with redis_errors():
+        body = await request.app.state.metrics.render(registry, dispatcher)
     return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -119,19 +119,26 @@ def test_full_queue_is_429_with_retry_after(stack: Stack, redis_client: Redis) -
         assert redis_client.llen(f"rq:queue:{PREFIX}:victim") == 0
 
 
-def test_job_of_a_caller_answered_504_never_runs(stack: Stack) -> None:
-    with paused_worker(stack, "victim", "victim-deadline") as worker:
+def test_job_of_a_caller_answered_504_never_runs_and_leaves_nothing(
+    stack: Stack, redis_client: Redis
+) -> None:
+    with paused_worker(stack, "victim", "victim-deadline", log=True) as worker:
         r = httpx.post(
             f"{stack.url}/models/victim/predict", json={"inputs": "too late"}, timeout=30
         )
         assert r.status_code == 504
         job_id = r.json()["error"]["job_id"]
+        # The paused worker's blocking dequeue may already hold the job: when it resumes, it
+        # must refuse it (deadline passed), never run it, and delete it with its reply.
         worker.proc.send_signal(signal.SIGCONT)
-        time.sleep(1.5)
-        state = job_state(stack, job_id)
-        assert state["status"] in ("canceled", "failed"), state
-        if state["status"] == "failed":
-            assert state["error"]["code"] == "inference_timeout"  # type: ignore[index]
+        wait_until(
+            lambda: not any(redis_client.scan_iter(match=f"*{job_id}*")),
+            10,
+            "every key of the abandoned job to be gone",
+        )
+        assert f"job {job_id} done" not in (stack.log_dir / "victim-deadline.log").read_text()
+        gone = httpx.get(f"{stack.url}/jobs/{job_id}")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_job"
 
 
 def test_high_priority_jumps_the_queue(stack: Stack) -> None:

@@ -244,6 +244,25 @@ def test_redis_persists_and_has_a_healthcheck(services: dict[str, dict[str, Any]
     assert "ports" not in redis  # no password: never published
 
 
+def test_jobs_never_evicted_and_the_cache_has_a_budget_of_its_own(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    def flag(command: list[str], name: str) -> str:
+        return command[command.index(name) + 1]
+
+    jobs, cache = services["redis"]["command"], services["redis-cache"]["command"]
+    assert flag(jobs, "--maxmemory-policy") == "noeviction"
+    assert flag(cache, "--maxmemory-policy") == "allkeys-lru"
+    assert flag(jobs, "--maxmemory") and flag(cache, "--maxmemory")
+    assert services["redis-cache"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "ports" not in services["redis-cache"]
+    for name, service in services.items():
+        if not name.startswith("redis"):
+            env = service["environment"]
+            assert "redis://redis-cache:6379/0" in env["MODELGATE_CACHE_URL"], name
+            assert service["depends_on"]["redis-cache"]["condition"] == "service_healthy", name
+
+
 def test_every_service_has_a_restart_policy(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         assert service.get("restart") in ("always", "unless-stopped", "on-failure"), name
@@ -251,7 +270,7 @@ def test_every_service_has_a_restart_policy(services: dict[str, dict[str, Any]])
 
 def test_gateway_and_workers_wait_for_a_healthy_redis(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
-        if name != "redis":
+        if not name.startswith("redis"):
             assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
 
 
@@ -288,7 +307,7 @@ def test_a_gpu_worker_reserves_a_gpu(services: dict[str, dict[str, Any]]) -> Non
 
 def test_models_yaml_is_mounted_read_only(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
-        if name == "redis":
+        if name.startswith("redis"):
             continue
         assert f"./models.yaml:{CONFIG_IN_CONTAINER}:ro" in service["volumes"], name
         assert service["environment"]["MODELGATE_CONFIG"] == CONFIG_IN_CONTAINER, name

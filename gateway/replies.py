@@ -1,0 +1,133 @@
+"""Waiting for job endings with one connection per gateway process, however many requests wait.
+
+Workers append an entry to this gateway's inbox stream when a job it waits for ends (see
+``workers.replies``). One task reads the inbox with ``XREAD BLOCK`` and resolves the futures of
+the requests waiting for that job; a waiting request holds no connection and no thread. Entries
+are deleted once read. The stream survives a dropped connection, so the reader resumes after
+the last entry it handled and loses nothing; the inbox expires ``INBOX_TTL_S`` after this
+process stops renewing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.exceptions import RedisError
+
+from contract.jobs import INBOX_TTL_S, Keys, Reply
+
+log = logging.getLogger("modelgate.gateway")
+
+BLOCK_MS = 10_000
+"""Longest one read blocks; it returns at once when an entry arrives."""
+
+READ_COUNT = 512
+"""Most entries taken per read."""
+
+RETRY_MAX_S = 1.0
+"""Longest pause between reconnection attempts while Redis is unreachable."""
+
+UNCLAIMED_KEEP = 4096
+"""Replies kept for a waiter not registered yet (a single-flight joiner learns the job's id in
+the same step that joins it, and its reply may be read first); the oldest are dropped."""
+
+
+class ReplyListener:
+    """Reads this gateway's inbox and hands each reply to the requests waiting for its job."""
+
+    def __init__(self, client: aredis.Redis, keys: Keys, gateway_id: str | None = None) -> None:
+        self.client = client
+        self.gateway_id = gateway_id or uuid.uuid4().hex
+        self.inbox = keys.inbox(self.gateway_id)
+        self._waiters: dict[str, set[asyncio.Future[Reply]]] = {}
+        self._unclaimed: OrderedDict[str, Reply] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._renewed = 0.0
+
+    def expect(self, job_id: str) -> asyncio.Future[Reply]:
+        """A future for ``job_id``'s reply; register it before the job can end."""
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        early = self._unclaimed.pop(job_id, None)
+        if early is not None:
+            future.set_result(early)
+            return future
+        self._waiters.setdefault(job_id, set()).add(future)
+        self.ensure_started()
+        return future
+
+    def forget(self, job_id: str, future: asyncio.Future[Reply]) -> None:
+        waiters = self._waiters.get(job_id)
+        if waiters is not None:
+            waiters.discard(future)
+            if not waiters:
+                del self._waiters[job_id]
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(w) for w in self._waiters.values())
+
+    def ensure_started(self) -> None:
+        """Start reading in the running loop, once (also when no lifespan ran, as in tests)."""
+        if not self._stopping and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._run(), name="reply-listener")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            # redis-py may turn a cancellation inside a read into a connection error, which the
+            # loop retries: the flag ends it then, and the wait is bounded either way.
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, RETRY_MAX_S + 1)
+        await self.client.aclose()
+
+    async def _run(self) -> None:
+        last_id = "0-0"
+        pause = 0.05
+        while not self._stopping:
+            try:
+                last_id = await self._read(last_id)
+                pause = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as err:
+                log.warning("reply inbox unreadable, retrying in %.2f s: %s", pause, err)
+                await asyncio.sleep(pause)
+                pause = min(RETRY_MAX_S, pause * 2)
+            except Exception:  # never let the one reader die: every sync request needs it
+                log.exception("reply listener failed; restarting it")
+                await asyncio.sleep(pause)
+
+    async def _read(self, last_id: str) -> str:
+        reply: Any = await self.client.xread(
+            {self.inbox: last_id}, count=READ_COUNT, block=BLOCK_MS
+        )
+        if reply:
+            entries = reply[0][1]
+            for _, fields in entries:
+                self._deliver(Reply.parse(fields))
+            last_id = entries[-1][0].decode()
+            await self.client.xdel(self.inbox, *(msg_id for msg_id, _ in entries))
+        if time.monotonic() - self._renewed > INBOX_TTL_S / 4:
+            await self.client.expire(self.inbox, INBOX_TTL_S)
+            self._renewed = time.monotonic()
+        return last_id
+
+    def _deliver(self, reply: Reply) -> None:
+        waiters = self._waiters.pop(reply.job_id, None)
+        if not waiters:
+            self._unclaimed[reply.job_id] = reply
+            while len(self._unclaimed) > UNCLAIMED_KEEP:
+                self._unclaimed.popitem(last=False)
+            return
+        for future in waiters:
+            if not future.done():
+                future.set_result(reply)
