@@ -61,7 +61,7 @@ class Inference:
         priority: str = "low",
     ) -> str:
         """Queue an async job; one the cache answers whole is created already finished."""
-        load = await self.dispatcher.admit(spec)
+        load = await self.dispatcher.admission.admit(spec)
         fingerprint = (
             load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
         )
@@ -109,7 +109,7 @@ class Inference:
         priority: str = "low",
     ) -> Prediction:
         deadline = time.time() + spec.timeout_s
-        load = await self.dispatcher.admit(spec)
+        load = await self.dispatcher.admission.admit(spec)
         fingerprint = (
             load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
         )

@@ -176,7 +176,7 @@ class Metrics:
 
 
 async def _snapshot(model: str, dispatcher: Dispatcher) -> dict[str, Any]:
-    load = await dispatcher.load(model)
+    load = await dispatcher.admission.load(model)
     raw = await dispatcher.conn.hgetall(dispatcher.keys.stats(model))
     stats = {k.decode(): int(v) for k, v in raw.items()}
     return {"queue_depth": load.queue_depth, "live_workers": load.live_workers, "stats": stats}

@@ -123,6 +123,15 @@ def config_path(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, 
     return path
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a Prometheus text exposition, by name and labels."""
+    for line in text.splitlines():
+        named = line.startswith(name + "{") or line.startswith(name + " ")
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name} {labels}")
+
+
 def jobs_run(client: Redis, model: str) -> int:
     """How many jobs the model's workers have executed (their own counter in Redis)."""
     return int(client.hget(f"{PREFIX}:stats:{model}", "jobs") or 0)

@@ -15,10 +15,10 @@ router = APIRouter(tags=["models"])
 async def describe(
     spec: ModelSpec, dispatcher: Dispatcher, with_workers: bool = False
 ) -> ModelInfo:
-    load = await dispatcher.load(spec.name)
+    load = await dispatcher.admission.load(spec.name)
     workers = None
     if with_workers:
-        workers = [WorkerInfo(**w) for w in await dispatcher.workers(spec.name)]
+        workers = [WorkerInfo(**w) for w in await dispatcher.admission.workers(spec.name)]
     return ModelInfo(
         name=spec.name,
         task=spec.task,

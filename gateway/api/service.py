@@ -53,7 +53,9 @@ async def readyz(registry: RegistryDep, dispatcher: DispatcherDep) -> JSONRespon
     """Ready when Redis answers and every model has at least one live worker."""
     try:
         await dispatcher.ping()
-        live = {m.name: (await dispatcher.load(m.name)).live_workers for m in registry.models}
+        live = {
+            m.name: (await dispatcher.admission.load(m.name)).live_workers for m in registry.models
+        }
     except GatewayError as err:
         return JSONResponse(err.body(), status_code=503)
     missing = [name for name, n in live.items() if n == 0]

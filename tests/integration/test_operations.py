@@ -15,7 +15,15 @@ import httpx
 import pytest
 
 from modelgate.redis_server import free_port
-from tests.conftest import ROOT, Stack, gateway_up, process_env, start_worker, wait_until
+from tests.conftest import (
+    ROOT,
+    Stack,
+    gateway_up,
+    metric,
+    process_env,
+    start_worker,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +42,6 @@ def test_timing_headers_and_request_id_reach_the_worker_log(stack: Stack) -> Non
     assert float(r.headers["x-queue-time-ms"]) >= 0
     log = stack.log_dir / "minilm.log"
     wait_until(lambda: rid in log.read_text(), 10, "the request id in the worker's log")
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        named = line.startswith(name + "{") or line.startswith(name + " ")
-        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no sample {name} {labels}")
 
 
 def test_metrics_cover_requests_latency_batches_cache_queues_and_workers(stack: Stack) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from redis import Redis
 
 from modelgate.redis_server import free_port
 from tests.conftest import ROOT
@@ -40,6 +42,22 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def redis_servers(log: str) -> tuple[str, str]:
+    """The URLs of the job and cache Redis that `modelgate up` says it started."""
+    jobs = re.search(r"redis-server for jobs at (\S+) ", log)
+    cache = re.search(r"redis-server for the cache at (\S+) ", log)
+    assert jobs and cache, log
+    return jobs[1], cache[1]
+
+
+def policy(url: str) -> tuple[str, int]:
+    client = Redis.from_url(url)
+    config = client.config_get("maxmemory*")
+    client.close()
+    value = config["maxmemory-policy"]
+    return (value.decode() if isinstance(value, bytes) else value), int(config["maxmemory"])
 
 
 def start_up(
@@ -95,11 +113,15 @@ def test_up_serves_then_stops_everything(
     proc, port = start_up(tmp_path, model_dirs, ignore_sigint)
     try:
         kids = children_of(proc.pid)
-        assert len(kids) >= 3  # redis-server, a worker, the gateway
+        assert len(kids) >= 3  # a worker, the gateway (the redis-servers run in their sessions)
         r = httpx.post(
             f"http://127.0.0.1:{port}/models/tiny/predict", json={"inputs": "hello"}, timeout=30
         )
         assert r.status_code == 200 and r.json()["outputs"]["label"] in {"negative", "positive"}
+        jobs, cache = redis_servers((tmp_path / "up.log").read_text())
+        assert policy(jobs) == ("noeviction", 1024**3)
+        assert policy(cache) == ("allkeys-lru", 256 * 1024**2)
+        assert Redis.from_url(cache).dbsize() >= 1  # the answer's cache entry, in the cache Redis
         proc.send_signal(sig)
         assert proc.wait(timeout=40) == 0
         assert "modelgate: stopped" in (tmp_path / "up.log").read_text()

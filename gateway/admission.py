@@ -1,0 +1,95 @@
+"""Which models can take work now: live workers (by the Redis server's clock), queue depth and
+the weights they serve; the admission check every request passes before anything is enqueued."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aredis
+from rq.queue import Queue
+
+from contract.config import ModelSpec
+from contract.jobs import Keys
+from gateway.connections import redis_errors
+from gateway.errors import ModelUnavailable, Overloaded, RedisOutOfMemory
+
+_LIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local names = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+local fps = {}
+if #names > 0 then fps = redis.call('HMGET', KEYS[3], unpack(names)) end
+return {#names, redis.call('LLEN', KEYS[2]), fps}
+"""
+
+_LIVE_NAMES = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+"""
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    """A model's live workers, queued jobs and the weights its live workers serve."""
+
+    live_workers: int
+    queue_depth: int
+    fingerprints: frozenset[str] = frozenset()
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The one fingerprint all live workers share; None while they differ (a rollout)."""
+        return next(iter(self.fingerprints)) if len(self.fingerprints) == 1 else None
+
+
+class Admission:
+    """Reads a model's presence and queue; refuses what no worker would serve soon."""
+
+    def __init__(self, conn: aredis.Redis, keys: Keys) -> None:
+        self.conn = conn
+        self.keys = keys
+        self._live = conn.register_script(_LIVE)
+        self._live_names = conn.register_script(_LIVE_NAMES)
+
+    def _queue_key(self, model: str) -> str:
+        return Queue.redis_queue_namespace_prefix + self.keys.queue(model)
+
+    async def load(self, model: str) -> ModelLoad:
+        keys = [self.keys.presence(model), self._queue_key(model), self.keys.fingerprints(model)]
+        async with redis_errors():
+            live, depth, fps = await self._live(keys=keys)
+        return ModelLoad(int(live), int(depth), frozenset(f.decode() for f in fps if f))
+
+    async def workers(self, model: str) -> list[dict[str, str]]:
+        async with redis_errors():
+            names = await self._live_names(keys=[self.keys.presence(model)])
+            pipe = self.conn.pipeline(transaction=False)
+            for name in names:
+                pipe.hgetall(self.keys.worker_info(name.decode()))
+            infos = await pipe.execute()
+        return [
+            {"name": n.decode(), **{k.decode(): v.decode() for k, v in info.items()}}
+            for n, info in zip(names, infos, strict=True)
+        ]
+
+    async def admit(self, spec: ModelSpec) -> ModelLoad:
+        """Refuse at once what no worker would serve soon: no live worker, or a full queue."""
+        load = await self.load(spec.name)
+        if load.live_workers == 0:
+            if await self._full():
+                # Workers cannot renew their presence in a full Redis: say what is wrong.
+                raise RedisOutOfMemory("Redis is full (maxmemory reached); retry shortly")
+            raise ModelUnavailable(f"no live worker serves model {spec.name!r}; try again later")
+        if load.queue_depth >= spec.max_queue:
+            raise Overloaded(
+                f"model {spec.name!r} has {load.queue_depth} jobs queued", retry_after_s=1
+            )
+        return load
+
+    async def _full(self) -> bool:
+        async with redis_errors():
+            info: dict[str, Any] = await self.conn.info("memory")
+        limit = int(info.get("maxmemory", 0))
+        return limit > 0 and int(info.get("used_memory", 0)) >= limit
