@@ -248,6 +248,8 @@ class Dispatcher:
     ) -> str:
         """A job answered entirely from the cache: written straight away as finished."""
         job_id = uuid.uuid4().hex
+        async with redis_errors():
+            await self._rq_server_version()
         queue = self._queue(spec.name)
         job = queue.create_job(
             PREDICT_FUNC,
