@@ -4,13 +4,13 @@ the weights they serve; the admission check every request passes before anything
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aredis
 from rq.queue import Queue
 
 from contract.config import ModelSpec
 from contract.jobs import Keys
+from gateway.census import memory
 from gateway.connections import redis_errors
 from gateway.errors import ModelUnavailable, Overloaded, RedisOutOfMemory
 
@@ -90,6 +90,4 @@ class Admission:
 
     async def _full(self) -> bool:
         async with redis_errors():
-            info: dict[str, Any] = await self.conn.info("memory")
-        limit = int(info.get("maxmemory", 0))
-        return limit > 0 and int(info.get("used_memory", 0)) >= limit
+            return (await memory(self.conn)).full

@@ -31,9 +31,21 @@ class RedisFacts:
 
     used_bytes: int = 0
     max_bytes: int = 0
-    policy: str = ""
     keys: dict[str, int] = field(default_factory=dict)
     complete: bool = True
+
+    @property
+    def full(self) -> bool:
+        """At its ``maxmemory``: a ``noeviction`` Redis refuses writes now."""
+        return self.max_bytes > 0 and self.used_bytes >= self.max_bytes
+
+
+async def memory(client: aredis.Redis) -> RedisFacts:
+    """A Redis server's memory used and limit (``INFO memory``)."""
+    info: dict[str, Any] = await client.info("memory")
+    return RedisFacts(
+        used_bytes=int(info.get("used_memory", 0)), max_bytes=int(info.get("maxmemory", 0))
+    )
 
 
 def kind_of(key: bytes | str, keys: Keys) -> str:
@@ -66,23 +78,14 @@ class Census:
     async def take(self) -> dict[str, RedisFacts]:
         if self._last and time.monotonic() - self._taken < MAX_AGE_S:
             return self._last
-        facts = {"jobs": await self._memory(self.jobs)}
+        facts = {"jobs": await memory(self.jobs)}
         facts["jobs"].keys, facts["jobs"].complete = await self._scan(self.jobs)
         if self.cache is not self.jobs:
-            cache = await self._memory(self.cache)
+            cache = await memory(self.cache)
             cache.keys = {"cache": int(await self.cache.dbsize())}
             facts["cache"] = cache
         self._last, self._taken = facts, time.monotonic()
         return facts
-
-    @staticmethod
-    async def _memory(client: aredis.Redis) -> RedisFacts:
-        info: dict[str, Any] = await client.info("memory")
-        return RedisFacts(
-            used_bytes=int(info.get("used_memory", 0)),
-            max_bytes=int(info.get("maxmemory", 0)),
-            policy=str(info.get("maxmemory_policy", "")),
-        )
 
     async def _scan(self, client: aredis.Redis) -> tuple[dict[str, int], bool]:
         counts = dict.fromkeys(KINDS, 0)

@@ -137,11 +137,6 @@ class Connections:
         """Per pool: connections in use, opened, and the bound."""
         return {r: (p.in_use(), p.opened(), p.max_connections) for r, p in self._pools.items()}
 
-    @property
-    def bound(self) -> int:
-        """The most connections this process opens: every pool full, plus the listener's."""
-        return sum(p.max_connections for p in self._pools.values()) + 1
-
     async def close(self) -> None:
         for pool in self._pools.values():  # a client given its pool leaves it open
             await pool.disconnect()

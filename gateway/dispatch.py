@@ -74,11 +74,11 @@ whose caller gave up) the job is deleted instead of kept as canceled."""
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('SADD', KEYS[2], ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
   return {'own', ARGV[1]}
 end
 local existing = redis.call('GET', KEYS[1])
-local replies = ARGV[5] .. existing
+local replies = ARGV[4] .. existing
 if redis.call('EXISTS', replies) == 1 then
   redis.call('SADD', replies, ARGV[3])
   return {'joined', existing}
@@ -88,6 +88,9 @@ return {'gone', existing}
 """Single-flight in one step: claim the work for a new job, or join the job that claimed it
 while it has not replied yet (its replies set exists from the claim until its reply), or learn
 that it has replied already: its outputs are in the cache."""
+
+GRACE_S = 60
+"""How long a sync job's keys (job hash while queued, replies set, flight) outlive its timeout."""
 
 RESULT_TTL_S = 24 * 3600
 """How long a finished or failed async job's result stays readable, unless the caller says."""
@@ -160,30 +163,36 @@ class Dispatcher:
             await self._send(self._job_commands(spec, payload, job_id, meta or {}, result_ttl_s))
         return job_id
 
-    async def run(
-        self, spec: ModelSpec, payload: JobPayload, flight: str | None
-    ) -> dict[str, Any] | None:
-        """Run a sync request's job (or join the identical one in flight) and return its result
-        (see ``contract.jobs.job_result``), or raise the GatewayError its failure maps to; 504
-        at the payload's deadline. None: the joined job replied before it could be joined, and
-        its outputs are in the cache."""
+    async def run(self, spec: ModelSpec, payload: JobPayload) -> dict[str, Any]:
+        """Run a sync request's job and return its result (see ``contract.jobs.job_result``),
+        or raise the GatewayError its failure maps to; 504 at the payload's deadline."""
         job_id = uuid.uuid4().hex
-        ttl = self._job_timeout(spec, payload) + 60
-        if flight is not None:
-            async with redis_errors():
-                state, existing = await self._claim(
-                    keys=[flight, self.keys.replies(job_id)],
-                    args=[job_id, ttl, self.listener.inbox, ttl, self.keys.replies("")],
-                )
-            if state != b"own":
-                if state == b"gone":
-                    return None
-                return await self._await(existing.decode(), spec.name, payload, owner=False)
+        return await self._await(job_id, spec.name, payload, owner=True, submit=spec)
+
+    async def run_shared(
+        self, spec: ModelSpec, payload: JobPayload, flight: str
+    ) -> dict[str, Any] | None:
+        """:meth:`run`, or join the identical job in flight under ``flight``. None: that job
+        replied before it could be joined, and its outputs are in the cache."""
+        job_id = uuid.uuid4().hex
+        async with redis_errors():
+            state, existing = await self._claim(
+                keys=[flight, self.keys.replies(job_id)],
+                args=[
+                    job_id,
+                    self._keys_ttl(spec, payload),
+                    self.listener.inbox,
+                    self.keys.replies(""),
+                ],
+            )
+        if state == b"gone":
+            return None
+        if state == b"joined":
+            return await self._await(existing.decode(), spec.name, payload, owner=False)
         try:
             return await self._await(job_id, spec.name, payload, owner=True, submit=spec)
         finally:
-            if flight is not None:
-                await self.release(flight, job_id)
+            await self.release(flight, job_id)
 
     async def _await(
         self,
@@ -221,7 +230,7 @@ class Dispatcher:
 
     async def _submit_sync(self, spec: ModelSpec, payload: JobPayload, job_id: str) -> None:
         replies = self.keys.replies(job_id)
-        ttl = self._job_timeout(spec, payload) + 60
+        ttl = self._keys_ttl(spec, payload)
         async with redis_errors():
             await self._rq_server_version()  # before RQ's code runs, or it asks synchronously
             commands = self._job_commands(spec, payload, job_id, {}, SYNC_RESULT_TTL_S)
@@ -283,7 +292,7 @@ class Dispatcher:
             async with redis_errors():
                 pipe = self.conn.pipeline(transaction=True)
                 pipe.sadd(replies, self.listener.inbox)
-                pipe.expire(replies, int(wait_s) + 60)
+                pipe.expire(replies, int(wait_s) + GRACE_S)
                 await pipe.execute()
         except GatewayError:
             self.listener.forget(job_id, future)
@@ -327,6 +336,10 @@ class Dispatcher:
         batches = max(1, -(-len(payload.inputs) // spec.max_batch_size))
         return max(1, int(spec.timeout_s * batches + 0.999))
 
+    @classmethod
+    def _keys_ttl(cls, spec: ModelSpec, payload: JobPayload) -> int:
+        return cls._job_timeout(spec, payload) + GRACE_S
+
     def _job_commands(
         self,
         spec: ModelSpec,
@@ -346,7 +359,7 @@ class Dispatcher:
             timeout=timeout,
             result_ttl=result_ttl_s,
             failure_ttl=SYNC_FAILURE_TTL_S if sync else result_ttl_s,
-            ttl=timeout + 60 if payload.deadline else None,
+            ttl=self._keys_ttl(spec, payload) if payload.deadline else None,
             job_id=job_id,
             meta={"request_id": payload.request_id, "model": spec.name, **meta},
         )

@@ -75,20 +75,13 @@ class Inference:
             )
         return await self.dispatcher.submit(spec, payload, meta=meta, result_ttl_s=job_ttl_s)
 
-    async def _run(
-        self, spec: ModelSpec, payload: JobPayload, flight: str | None
-    ) -> dict[str, Any]:
-        result = await self.dispatcher.run(spec, payload, flight)
-        assert result is not None or flight is not None
-        return result or {}
-
     async def _shared(
         self, spec: ModelSpec, payload: JobPayload, fingerprint: str
     ) -> dict[str, Any]:
         """Compute ``payload``, or share the identical computation already in flight."""
         params, texts = payload.parameters, payload.inputs
         flight = flight_key(self.cache.prefix, spec.name, fingerprint, params, texts)
-        result = await self.dispatcher.run(spec, payload, flight)
+        result = await self.dispatcher.run_shared(spec, payload, flight)
         if result is not None:
             return result
         # The shared job replied before it could be joined: its outputs are in the cache,
@@ -96,7 +89,7 @@ class Inference:
         again = await self.cache.lookup(spec.name, fingerprint, params, texts)
         if not again.missing:
             return {"outputs": again.outputs}
-        return await self._run(spec, payload, None)
+        return await self.dispatcher.run(spec, payload)
 
     async def predict(
         self,
@@ -127,7 +120,7 @@ class Inference:
             assert fingerprint is not None
             result = await self._shared(spec, payload, fingerprint)
         else:
-            result = await self._run(spec, payload, None)
+            result = await self.dispatcher.run(spec, payload)
         outputs = list(lookup.outputs)
         for i, out in zip(lookup.missing, result["outputs"], strict=True):
             outputs[i] = out

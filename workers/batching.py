@@ -394,8 +394,7 @@ class BatchingWorker(SimpleWorker):
         assert job.ended_at is not None and job.started_at is not None
         self.increment_total_working_time(job.ended_at - job.started_at, pipe)
         if is_sync(job.result_ttl):
-            self.replier.notify(pipe, job.id, result=value)
-            self.replier.discard(pipe, job)
+            self.replier.answer(pipe, job, result=value)
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             return
         result_ttl = job.get_result_ttl(self.default_result_ttl)
@@ -420,8 +419,7 @@ class BatchingWorker(SimpleWorker):
         error = error or InferenceError("inference_failed", "the model returned no output")
         self.log.warning("job %s failed: %s", job.id, error)
         self.increment_failed_job_count(pipeline=pipe)
-        self.replier.notify(pipe, job.id, error={"code": error.code, "message": error.message})
-        self.replier.discard(pipe, job)
+        self.replier.answer(pipe, job, error={"code": error.code, "message": error.message})
         self.cleanup_execution(job, pipeline=pipe, execution=execution)
 
     def _record_failure(

@@ -115,8 +115,7 @@ class Reaper:
         job.meta[ERROR_META_KEY] = error
         with self.connection.pipeline() as pipe:
             if is_sync(job.result_ttl):
-                self.replier.notify(pipe, job.id, error=error)
-                self.replier.discard(pipe, job)
+                self.replier.answer(pipe, job, error=error)
             else:
                 job.set_status(JobStatus.FAILED, pipeline=pipe)
                 pipe.hset(job.key, "meta", JSONSerializer.dumps(job.meta))

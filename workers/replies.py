@@ -58,7 +58,15 @@ class Replier:
             args += [name, value]
         self._notify(keys=[self.keys.replies(job_id)], args=args, client=pipe)
 
-    def discard(self, pipe: Any, job: Job) -> None:
-        """Delete what RQ stored for a sync job whose caller now has its reply (the execution
-        records are the worker's to clean, with ``cleanup_execution``)."""
+    def answer(
+        self,
+        pipe: Any,
+        job: Job,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, str] | None = None,
+    ) -> None:
+        """Give a sync job's callers its result or error, and delete what RQ stored for it (the
+        execution records are the worker's to clean, with ``cleanup_execution``)."""
+        self.notify(pipe, job.id, result=result, error=error)
         pipe.delete(job.key, Result.get_key(job.id), self.keys.replies(job.id))
