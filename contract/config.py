@@ -22,6 +22,9 @@ from contract.tasks import SUPPORTED_TASKS
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 """URL-safe model names: lower case letters, digits, dot, dash and underscore."""
 
+COMPILE_TASKS = frozenset({"feature-extraction", "text-classification"})
+"""Tasks whose compile warm-up (plain texts of many lengths) is the shape of their requests."""
+
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
 """Devices a worker can be placed on."""
 
@@ -88,6 +91,7 @@ class ModelSpec(_Strict):
     compile: bool = False
     quantize: Literal["dynamic-int8"] | None = None
     fast_path: bool = True
+    matryoshka_dimensions: list[Annotated[int, Field(gt=0)]] | None = None
 
     @field_validator("name")
     @classmethod
@@ -109,6 +113,18 @@ class ModelSpec(_Strict):
         if not DEVICE_PATTERN.match(v):
             raise ValueError("must be cpu, cuda, cuda:N or auto")
         return v
+
+    @model_validator(mode="after")
+    def _compile_fits(self) -> ModelSpec:
+        if self.compile and self.task not in COMPILE_TASKS:
+            raise ValueError(f"compile: true applies only to {' and '.join(sorted(COMPILE_TASKS))}")
+        return self
+
+    @model_validator(mode="after")
+    def _dimensions_fit(self) -> ModelSpec:
+        if self.matryoshka_dimensions is not None and self.task != "feature-extraction":
+            raise ValueError("matryoshka_dimensions applies only to feature-extraction")
+        return self
 
     @model_validator(mode="after")
     def _quantize_fits(self) -> ModelSpec:
@@ -140,8 +156,17 @@ class Registry(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate model name(s): {', '.join(dupes)}")
-        if self.default_model is not None and self.default_model not in names:
-            raise ValueError(f"default_model {self.default_model!r} is not a model in this file")
+        if self.default_model is not None:
+            default = self.get(self.default_model)
+            if default is None:
+                raise ValueError(
+                    f"default_model {self.default_model!r} is not a model in this file"
+                )
+            if default.task != "text-classification":
+                raise ValueError(
+                    f"default_model {self.default_model!r} must be a text-classification model "
+                    f"(POST /predict answers with a label and a score), not {default.task}"
+                )
         return self
 
     def get(self, name: str) -> ModelSpec | None:

@@ -80,7 +80,7 @@ class Keys:
 class JobPayload:
     """The keyword arguments of a predict job, as the gateway writes them."""
 
-    inputs: list[str]
+    inputs: list[str | dict[str, Any]]
     parameters: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None
     request_id: str = ""
@@ -99,8 +99,8 @@ class JobPayload:
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> JobPayload:
         inputs = kwargs.get("inputs")
-        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
-            raise ValueError("job inputs must be a list of strings")
+        if not isinstance(inputs, list) or not all(isinstance(i, str | dict) for i in inputs):
+            raise ValueError("job inputs must be a list of strings or objects")
         params = kwargs.get("parameters") or {}
         if not isinstance(params, dict):
             raise ValueError("job parameters must be an object")
@@ -183,3 +183,5 @@ ERR_FORBIDDEN_FUNC = "forbidden_function"
 ERR_BAD_PAYLOAD = "invalid_job"
 ERR_WORKER_LOST = "worker_lost"
 ERR_INPUT_TOO_LONG = "input_too_long"
+ERR_INVALID_INPUT = "invalid_input"
+"""An input the model cannot take as it is (a fill-mask text without the mask token)."""

@@ -58,8 +58,14 @@ def create_app(
     if dispatcher is not None:
         _attach(app, dispatcher, settings)
     install_error_handlers(app)
-    for module in (service, models, predict, jobs):
-        app.include_router(module.router)
+    for router in (service.router, models.router, jobs.router):
+        app.include_router(router)
+    for spec in registry.models:
+        app.include_router(predict.model_router(spec))
+        app.include_router(jobs.model_router(spec))
+    app.include_router(predict.classic_router(registry))
+    app.include_router(predict.fallback)
+    app.include_router(jobs.fallback)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     hashes = load_key_hashes(settings.api_keys, settings.api_keys_file)
     if hashes:

@@ -16,6 +16,7 @@ import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
 from contract.cache import item_key
+from contract.tasks import Item
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -62,7 +63,7 @@ class ResponseCache:
         self.prefix = prefix
 
     async def lookup(
-        self, model: str, fingerprint: str, params: dict[str, Any], texts: list[str]
+        self, model: str, fingerprint: str, params: dict[str, Any], texts: list[Item]
     ) -> Lookup:
         keys = [item_key(self.prefix, model, fingerprint, params, t) for t in texts]
         try:
@@ -74,5 +75,5 @@ class ResponseCache:
         return Lookup(outputs, [i for i, o in enumerate(outputs) if o is MISSING])
 
     @staticmethod
-    def miss(texts: list[str]) -> Lookup:
+    def miss(texts: list[Item]) -> Lookup:
         return Lookup([MISSING] * len(texts), list(range(len(texts))))

@@ -26,6 +26,10 @@ from rq.utils import now as rq_now
 
 from contract.config import ModelSpec
 from contract.jobs import (
+    ERR_DEADLINE_EXCEEDED,
+    ERR_INPUT_TOO_LONG,
+    ERR_INVALID_INPUT,
+    ERR_WORKER_LOST,
     ERROR_META_KEY,
     PREDICT_FUNC,
     SYNC_FAILURE_TTL_S,
@@ -41,6 +45,7 @@ from gateway.errors import (
     GatewayError,
     InferenceFailed,
     InferenceTimeout,
+    InvalidInput,
     PayloadTooLarge,
     WorkerLost,
 )
@@ -96,10 +101,11 @@ RESULT_TTL_S = 24 * 3600
 """How long a finished or failed async job's result stays readable, unless the caller says."""
 
 ERROR_CODES_BY_WORKER_CODE: dict[str, type[GatewayError]] = {
-    "deadline_exceeded": InferenceTimeout,
+    ERR_DEADLINE_EXCEEDED: InferenceTimeout,
     "inference_timeout": InferenceTimeout,
-    "input_too_long": PayloadTooLarge,
-    "worker_lost": WorkerLost,
+    ERR_INPUT_TOO_LONG: PayloadTooLarge,
+    ERR_INVALID_INPUT: InvalidInput,
+    ERR_WORKER_LOST: WorkerLost,
 }
 """Worker failure codes to the API error they surface as; any other is inference_failed."""
 

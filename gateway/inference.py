@@ -14,9 +14,11 @@ from typing import Any
 from contract.cache import flight_key
 from contract.config import ModelSpec
 from contract.jobs import JobPayload
+from contract.tasks import Item, shaping
 from gateway.cache import MISSING, CacheMode, Lookup, ResponseCache
 from gateway.dispatch import Dispatcher
 from gateway.metrics import Metrics
+from gateway.validation import Work
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Inference:
     async def _lookup(
         self,
         spec: ModelSpec,
-        inputs: list[str],
+        inputs: list[Item],
         params: dict[str, Any],
         mode: CacheMode,
         fingerprint: str | None,
@@ -51,10 +53,8 @@ class Inference:
     async def submit_job(
         self,
         spec: ModelSpec,
-        inputs: list[str],
-        params: dict[str, Any],
+        work: Work,
         *,
-        single: bool,
         request_id: str,
         mode: CacheMode,
         job_ttl_s: int,
@@ -65,10 +65,14 @@ class Inference:
         fingerprint = (
             load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
         )
+        inputs, params = work.items, work.params
         lookup = await self._lookup(spec, inputs, params, mode, fingerprint)
         cache_ttl = spec.cache_ttl_s if fingerprint is not None else 0
         payload = JobPayload(inputs, params, None, request_id, cache_ttl, priority)
-        meta = {"single": single}
+        meta: dict[str, Any] = {"single": work.single}
+        stored = shaping(spec.task, inputs, work.request_params)
+        if stored is not None:
+            meta["shape"] = stored
         if not lookup.missing:
             return await self.dispatcher.store_finished(
                 spec, payload, lookup.outputs, meta, job_ttl_s
@@ -94,7 +98,7 @@ class Inference:
     async def predict(
         self,
         spec: ModelSpec,
-        inputs: list[str],
+        inputs: list[Item],
         params: dict[str, Any],
         *,
         request_id: str,

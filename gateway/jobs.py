@@ -16,6 +16,7 @@ from rq.queue import Queue
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from contract.tasks import shape_stored
 from gateway.connections import redis_errors
 from gateway.dispatch import Dispatcher
 from gateway.errors import JobNotCancelable, UnknownJob
@@ -85,6 +86,8 @@ class JobStore:
             body["position"] = await self._position(job_id, data["origin"])
         elif status == "finished":
             outputs = await self._outputs(job_id)
+            if meta.get("shape"):
+                outputs = shape_stored(meta["shape"], outputs)
             body["outputs"] = outputs[0] if meta.get("single") and outputs else outputs
         elif status in ("failed", "stopped"):
             body["error"] = (await self.dispatcher.failure(job_id)).body()["error"]

@@ -105,8 +105,9 @@ class RequestContextMiddleware:
 
     def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
         route = scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        model = scope.get("path_params", {}).get("name", "-")
+        # A model's own routes carry the generic path and their model (see gateway.api.predict).
+        endpoint = str(getattr(route, "template", None) or getattr(route, "path", "unmatched"))
+        model = str(getattr(route, "model", None) or scope.get("path_params", {}).get("name", "-"))
         self.metrics.observe_request(model, endpoint, status, seconds)
         log.info(
             "%s %r %d %.1f ms",

@@ -1,50 +1,91 @@
-"""Checks a request against its model's limits and task before anything is enqueued."""
+"""Checks a request against its model's limits and task before anything is enqueued, and turns
+it into the work items a worker computes (one per input; rerank: one per document)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from contract.config import ModelSpec
-from contract.tasks import ParameterError, validate_parameters
+from contract.tasks import Item, ParameterError, expand, validate_parameters, worker_parameters
 from gateway.errors import InvalidInput, PayloadTooLarge
 
 
-def normalize_inputs(
-    spec: ModelSpec, inputs: str | list[str], max_inputs: int
-) -> tuple[list[str], bool]:
-    """The inputs as a list, and whether the client sent a single string."""
-    single = isinstance(inputs, str)
-    items = [inputs] if isinstance(inputs, str) else list(inputs)
-    if not items:
+@dataclass(frozen=True)
+class Work:
+    """A validated request: its items, the parameters workers see, and how to shape outputs."""
+
+    items: list[Item]
+    single: bool
+    params: dict[str, Any]
+    request_params: dict[str, Any]
+
+
+def prepare(spec: ModelSpec, inputs: Any, parameters: Any, max_inputs: int) -> Work:
+    """Validate ``inputs`` (already typed by the model's request schema) and ``parameters``."""
+    single = not isinstance(inputs, list)
+    given = [inputs] if single else list(inputs)
+    if not given:
         raise InvalidInput("inputs: give at least one input")
+    params = check_parameters(spec, parameters)
+    items = expand(spec.task, given)
     if len(items) > max_inputs:
+        what = "documents" if spec.task == "rerank" else "inputs"
         raise PayloadTooLarge(
-            f"inputs: {len(items)} inputs, {spec.name!r} takes at most {max_inputs} a request",
+            f"inputs: {len(items)} {what}, {spec.name!r} takes at most {max_inputs} a request",
             limit=max_inputs,
         )
-    for i, text in enumerate(items):
-        if not _encodable(text):
-            where = "inputs" if single else f"inputs[{i}]"
-            raise InvalidInput(f"{where}: not valid Unicode text (lone surrogate)")
-        if len(text) > spec.max_chars:
-            where = "inputs" if single else f"inputs[{i}]"
-            raise PayloadTooLarge(
-                f"{where}: {len(text)} characters, {spec.name!r} takes at most {spec.max_chars}",
-                limit=spec.max_chars,
-            )
-    return items, single
+    for i, item in enumerate(given):
+        where = "inputs" if single else f"inputs[{i}]"
+        for path, text in _texts(item, where):
+            _check_text(spec, path, text)
+    return Work(items, single, worker_parameters(spec.task, params), params)
 
 
-def _encodable(text: str) -> bool:
+def _texts(value: Any, where: str) -> list[tuple[str, str]]:
+    """Every string in one input, with its path in the request."""
+    if isinstance(value, str):
+        return [(where, value)]
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _texts(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _texts(v, f"{where}[{i}]")]
+    return []
+
+
+def _check_text(spec: ModelSpec, where: str, text: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return False
-    return True
+        raise InvalidInput(f"{where}: not valid Unicode text (lone surrogate)") from None
+    if len(text) > spec.max_chars:
+        raise PayloadTooLarge(
+            f"{where}: {len(text)} characters, {spec.name!r} takes at most {spec.max_chars}",
+            limit=spec.max_chars,
+        )
 
 
-def check_parameters(spec: ModelSpec, params: dict[str, Any] | None) -> dict[str, Any]:
+def check_parameters(spec: ModelSpec, params: Any) -> dict[str, Any]:
+    if isinstance(params, BaseModel):
+        params = params.model_dump(exclude_unset=True, exclude_none=True)
     try:
-        return validate_parameters(spec.task, params)
+        checked = validate_parameters(spec.task, params)
     except ParameterError as err:
         raise InvalidInput(str(err), problems=err.problems) from None
+    dimensions = checked.get("dimensions")
+    if dimensions is not None and dimensions not in (spec.matryoshka_dimensions or []):
+        allowed = spec.matryoshka_dimensions
+        hint = (
+            f"one of {allowed}"
+            if allowed
+            else "none: its models.yaml entry lists no matryoshka_dimensions"
+        )
+        raise InvalidInput(
+            f"parameters.dimensions: {spec.name!r} does not give {dimensions} dimensions "
+            f"(allowed: {hint})"
+        )
+    return checked

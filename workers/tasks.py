@@ -2,15 +2,15 @@
 
 Jobs are checked before anything runs: the function must be on the allowlist, the payload must
 parse, and the caller's deadline must not have passed. Valid jobs that share parameters become
-one batched call. If that call raises, each job is re-run alone, so one poisoned input fails
-only its own job.
+one batched call (a task that can batch across parameters, zero-shot, makes one call of all).
+If that call raises, each job is re-run alone, so one poisoned input fails only its own job.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,13 +22,25 @@ from contract.jobs import (
     ERR_FORBIDDEN_FUNC,
     ERR_INFERENCE_FAILED,
     ERR_INPUT_TOO_LONG,
+    ERR_INVALID_INPUT,
     JobPayload,
 )
+from contract.tasks import Item
 
 log = logging.getLogger("modelgate.worker")
 
-Engine = Callable[[list[str], dict[str, Any]], list[Any]]
-"""Runs one batched pipeline call: inputs and parameters in, one JSON value per input out."""
+Group = tuple[list[Item], dict[str, Any]]
+"""Items that share their parameters, with those parameters."""
+
+
+class Runner(Protocol):
+    """What runs batches: items and parameters in, one JSON value per item out."""
+
+    across_groups: bool
+    """Whether ``run_groups`` makes one call of groups with different parameters."""
+
+    def __call__(self, items: list[Item], params: dict[str, Any]) -> list[Any]: ...
+    def run_groups(self, groups: Sequence[Group]) -> list[list[Any]]: ...
 
 
 class JobLike(Protocol):
@@ -62,6 +74,10 @@ class InputTooLong(ValueError):
     """An input has more tokens than the model takes, and its truncation is off."""
 
 
+class InvalidItem(ValueError):
+    """An input the task cannot take as it is (fill-mask text without a mask token)."""
+
+
 def _admit(job: JobLike, now: float) -> JobPayload:
     try:
         func_name = job.func_name
@@ -84,11 +100,13 @@ def _admit(job: JobLike, now: float) -> JobPayload:
     return payload
 
 
-def _call_alone(engine: Engine, payload: JobPayload, job_id: str) -> Outcome:
+def _call_alone(engine: Runner, payload: JobPayload, job_id: str) -> Outcome:
     try:
         return Outcome(value=engine(payload.inputs, payload.parameters))
     except InputTooLong as err:
         return Outcome(error=InferenceError(ERR_INPUT_TOO_LONG, str(err)))
+    except InvalidItem as err:
+        return Outcome(error=InferenceError(ERR_INVALID_INPUT, str(err)))
     except Exception as err:
         log.exception("job %s failed (request %s)", job_id, payload.request_id or "-")
         return Outcome(error=InferenceError(ERR_INFERENCE_FAILED, _safe_message(err)))
@@ -99,7 +117,7 @@ def _safe_message(err: Exception) -> str:
     return f"the model failed on this input ({type(err).__name__}: {text[:200]})"
 
 
-def run_jobs(engine: Engine, jobs: Sequence[JobLike], now: float | None = None) -> list[Outcome]:
+def run_jobs(engine: Runner, jobs: Sequence[JobLike], now: float | None = None) -> list[Outcome]:
     """Run ``jobs`` with as few engine calls as possible; one Outcome per job, in order."""
     now = time.time() if now is None else now
     outcomes: list[Outcome] = [Outcome() for _ in jobs]
@@ -112,22 +130,42 @@ def run_jobs(engine: Engine, jobs: Sequence[JobLike], now: float | None = None) 
             continue
         outcomes[i].payload = payload
         groups.setdefault(params_key(payload.parameters), []).append((i, payload))
+    if len(groups) > 1 and engine.across_groups:
+        try:
+            calls = [(_items(m), m[0][1].parameters) for m in groups.values()]
+            for members, values in zip(groups.values(), engine.run_groups(calls), strict=True):
+                _spread(members, values, outcomes)
+            return outcomes
+        except Exception:
+            log.warning("one call for %d parameter groups failed; running each alone", len(groups))
     for members in groups.values():
         _run_group(engine, jobs, members, outcomes)
     return outcomes
 
 
+def _items(members: list[tuple[int, JobPayload]]) -> list[Item]:
+    return [item for _, payload in members for item in payload.inputs]
+
+
+def _spread(
+    members: list[tuple[int, JobPayload]], values: list[Any], outcomes: list[Outcome]
+) -> None:
+    start = 0
+    for i, payload in members:
+        outcomes[i].value = values[start : start + len(payload.inputs)]
+        start += len(payload.inputs)
+
+
 def _run_group(
-    engine: Engine,
+    engine: Runner,
     jobs: Sequence[JobLike],
     members: list[tuple[int, JobPayload]],
     outcomes: list[Outcome],
 ) -> None:
-    inputs = [text for _, p in members for text in p.inputs]
     try:
-        values = engine(inputs, members[0][1].parameters)
+        values = engine(_items(members), members[0][1].parameters)
     except Exception:
-        if len(members) == 1 and len(inputs) == 1:
+        if len(members) == 1 and len(members[0][1].inputs) == 1:
             i, payload = members[0]
             outcomes[i] = _call_alone(engine, payload, jobs[i].id)
             outcomes[i].payload = payload
@@ -137,7 +175,4 @@ def _run_group(
             outcomes[i] = _call_alone(engine, payload, jobs[i].id)
             outcomes[i].payload = payload
         return
-    start = 0
-    for i, payload in members:
-        outcomes[i].value = values[start : start + len(payload.inputs)]
-        start += len(payload.inputs)
+    _spread(members, values, outcomes)

@@ -1,53 +1,88 @@
-"""Async jobs: ``POST /models/{name}/jobs``, ``GET /jobs/{id}``, ``DELETE /jobs/{id}``."""
+"""Async jobs: ``POST /models/<name>/jobs`` (one route per model, typed by its task; see
+:mod:`gateway.api.routes`), ``GET /jobs/{id}``, ``DELETE /jobs/{id}``."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from gateway.api.schemas import ERROR_RESPONSES, JobAccepted, JobState, PredictRequest
+from contract.config import ModelSpec
+from gateway.api.routes import Call, add_model_route, model_endpoint
+from gateway.api.schemas import ERROR_RESPONSES, JobAccepted, JobState, request_model
 from gateway.cache import CacheMode
-from gateway.deps import CacheControl, InferenceDep, JobStoreDep, SettingsDep, SpecDep
+from gateway.deps import JobStoreDep, SpecDep
+from gateway.errors import UnknownModel
 from gateway.jobs import MAX_WAIT_S
-from gateway.validation import check_parameters, normalize_inputs
+from gateway.validation import prepare
 
 router = APIRouter(tags=["jobs"])
 
+SUBMIT_DOC = """Queue inference for later: answers 202 at once with the job's id and where to
+poll. Takes up to the model's ``max_job_inputs`` inputs (more than ``/predict`` allows)."""
 
-@router.post(
-    "/models/{name}/jobs", status_code=202, response_model=JobAccepted, responses=ERROR_RESPONSES
-)
-async def submit_job(
-    body: PredictRequest,
-    spec: SpecDep,
-    inference: InferenceDep,
-    settings: SettingsDep,
-    request: Request,
-    cache_control: CacheControl = None,
-) -> JSONResponse:
-    """Queue inference for later: answers 202 at once with the job's id and where to poll.
-    Takes up to the model's ``max_job_inputs`` inputs (more than ``/predict`` allows)."""
-    inputs, single = normalize_inputs(spec, body.inputs, spec.max_job_inputs)
-    params = check_parameters(spec, body.parameters)
-    job_id = await inference.submit_job(
+
+def model_router(spec: ModelSpec) -> APIRouter:
+    """``POST /models/<name>/jobs`` with this model's request schema."""
+    jobs = APIRouter(tags=["jobs"])
+
+    async def submit_job(call: Call) -> JSONResponse:
+        body = call.body
+        work = prepare(spec, body.inputs, body.parameters, spec.max_job_inputs)
+        job_id = await call.inference.submit_job(
+            spec,
+            work,
+            request_id=call.request.state.request_id,
+            mode=CacheMode.from_header(call.cache_control),
+            job_ttl_s=call.settings.job_ttl_s,
+            priority=body.priority,
+        )
+        url = f"/jobs/{job_id}"
+        accepted = JobAccepted(job_id=job_id, status="queued", status_url=url)
+        return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": url})
+
+    add_model_route(
+        jobs,
         spec,
-        inputs,
-        params,
-        single=single,
-        request_id=request.state.request_id,
-        mode=CacheMode.from_header(cache_control),
-        job_ttl_s=settings.job_ttl_s,
-        priority=body.priority,
+        "jobs",
+        model_endpoint(request_model(spec, job=True), submit_job),
+        status_code=202,
+        response_model=JobAccepted,
+        responses={202: {"links": JOB_LINKS}, **ERROR_RESPONSES},
+        summary=f"queue {spec.task} with {spec.name}",
+        description=SUBMIT_DOC,
     )
-    url = f"/jobs/{job_id}"
-    accepted = JobAccepted(job_id=job_id, status="queued", status_url=url)
-    return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": url})
+    return jobs
+
+
+JOB_LINKS = {
+    "GetJob": {
+        "operationId": "get_job",
+        "parameters": {"job_id": "$response.body#/job_id"},
+        "description": "the job's state, and its outputs once finished",
+    },
+    "CancelJob": {
+        "operationId": "cancel_job",
+        "parameters": {"job_id": "$response.body#/job_id"},
+        "description": "cancel the job while it is queued",
+    },
+}
+"""OpenAPI links from an accepted job to reading and canceling it (clients and stateful
+testers follow them)."""
+
+fallback = APIRouter()
+
+
+@fallback.post("/models/{name}/jobs", include_in_schema=False)
+async def unknown_model(spec: SpecDep) -> None:
+    """Reached only for a name with no route of its own: answers 404 unknown_model."""
+    raise UnknownModel(f"no model named {spec.name!r}")
 
 
 @router.get(
     "/jobs/{job_id}",
+    operation_id="get_job",
     response_model=JobState,
     responses={404: ERROR_RESPONSES[404], 422: ERROR_RESPONSES[422]},
 )
@@ -65,6 +100,7 @@ async def get_job(
 
 @router.delete(
     "/jobs/{job_id}",
+    operation_id="cancel_job",
     response_model=JobState,
     responses={
         404: ERROR_RESPONSES[404],

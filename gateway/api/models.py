@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from contract.config import ModelSpec
-from gateway.api.schemas import ERROR_RESPONSES, ModelInfo, WorkerInfo
+from gateway.api.schemas import ERROR_RESPONSES, ModelInfo, WorkerInfo, model_schemas
 from gateway.deps import DispatcherDep, RegistryDep, SpecDep
 from gateway.dispatch import Dispatcher
 
@@ -32,6 +32,7 @@ async def describe(
         max_chars=spec.max_chars,
         max_batch_size=spec.max_batch_size,
         timeout_s=spec.timeout_s,
+        schemas=model_schemas(spec),
         workers=workers,
     )
 

@@ -1,40 +1,123 @@
-"""``POST /models/{name}/predict``: synchronous inference for one input or a list."""
+"""``POST /models/<name>/predict`` for each model, typed by its task (see
+:mod:`gateway.api.routes`); and the classic ``POST /predict`` on the default model."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Any
 
-from gateway.api.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from contract.config import ModelSpec, Registry
+from contract.tasks import shape
+from gateway.api.routes import Call, add_model_route, label, model_endpoint
+from gateway.api.schemas import (
+    ERROR_RESPONSES,
+    LabelScore,
+    Predictions,
+    PredictResponse,
+    classic_requests,
+    request_model,
+    response_model,
+)
 from gateway.cache import CacheMode
-from gateway.deps import CacheControl, InferenceDep, SpecDep
-from gateway.validation import check_parameters, normalize_inputs
+from gateway.deps import SpecDep
+from gateway.errors import UnknownModel
+from gateway.validation import prepare
 
-router = APIRouter(tags=["inference"])
+TIMING_HEADERS = (("queue_ms", "X-Queue-Time-Ms"), ("inference_ms", "X-Inference-Time-Ms"))
 
 
-@router.post("/models/{name}/predict", response_model=PredictResponse, responses=ERROR_RESPONSES)
-async def predict(
-    body: PredictRequest,
-    spec: SpecDep,
-    inference: InferenceDep,
-    request: Request,
-    response: Response,
-    cache_control: CacheControl = None,
-) -> PredictResponse:
-    """Run the model on ``inputs`` and wait for the result (up to the model's ``timeout_s``).
-    Items already in the response cache are not recomputed (``X-Cache: hit | partial | miss``)."""
-    inputs, single = normalize_inputs(spec, body.inputs, spec.max_inputs)
-    params = check_parameters(spec, body.parameters)
-    result = await inference.predict(
+async def run_predict(spec: ModelSpec, call: Call) -> dict[str, Any]:
+    """One validated predict request end to end; the response body as a dict."""
+    body, response = call.body, call.response
+    work = prepare(spec, body.inputs, body.parameters, spec.max_inputs)
+    result = await call.inference.predict(
         spec,
-        inputs,
-        params,
-        request_id=request.state.request_id,
-        mode=CacheMode.from_header(cache_control),
+        work.items,
+        work.params,
+        request_id=call.request.state.request_id,
+        mode=CacheMode.from_header(call.cache_control),
         priority=body.priority,
     )
     response.headers["X-Cache"] = result.cache
-    for key, header in (("queue_ms", "X-Queue-Time-Ms"), ("inference_ms", "X-Inference-Time-Ms")):
+    for key, header in TIMING_HEADERS:
         if key in result.timings:
             response.headers[header] = f"{result.timings[key]:.1f}"
-    return PredictResponse(model=spec.name, outputs=result.outputs[0] if single else result.outputs)
+    outputs = shape(spec.task, work.items, result.outputs, work.request_params)
+    return {"model": spec.name, "outputs": outputs[0] if work.single else outputs}
+
+
+def model_router(spec: ModelSpec) -> APIRouter:
+    """``POST /models/<name>/predict`` with this model's request and response schemas."""
+    router = APIRouter(tags=["inference"])
+
+    async def handle(call: Call) -> dict[str, Any]:
+        return await run_predict(spec, call)
+
+    add_model_route(
+        router,
+        spec,
+        "predict",
+        model_endpoint(request_model(spec, job=False), handle),
+        response_model=response_model(spec),
+        responses=ERROR_RESPONSES,
+        summary=f"{spec.task} with {spec.name}",
+        description=PREDICT_DOC,
+    )
+    return router
+
+
+PREDICT_DOC = """Run the model on ``inputs`` and wait for the result (up to the model's
+``timeout_s``). Items already in the response cache are not recomputed
+(``X-Cache: hit | partial | miss``)."""
+
+fallback = APIRouter()
+
+
+@fallback.post("/models/{name}/predict", include_in_schema=False)
+async def unknown_model(spec: SpecDep) -> None:
+    """Reached only for a name with no route of its own: answers 404 unknown_model."""
+    raise UnknownModel(f"no model named {spec.name!r}")
+
+
+def classic_router(registry: Registry) -> APIRouter:
+    """``POST /predict``: ``{"text"}`` → ``{"label", "score"}`` on the default model, or
+    ``{"texts"}`` → ``{"predictions"}``. Only when models.yaml names a ``default_model``."""
+    router = APIRouter(tags=["inference"])
+    spec = registry.get(registry.default_model or "")
+    if spec is None:
+        return router
+
+    text, texts = classic_requests(spec)
+
+    async def classic(call: Call) -> BaseModel:
+        single = isinstance(call.body, text)
+        inputs = call.body.text if single else call.body.texts
+        call.body = _Classic(inputs=inputs)
+        out = await run_predict(spec, call)
+        if single:
+            return LabelScore.model_validate(out["outputs"])
+        return Predictions(predictions=out["outputs"])
+
+    router.add_api_route(
+        "/predict",
+        model_endpoint(text | texts, classic),
+        methods=["POST"],
+        response_model=LabelScore | Predictions,
+        responses=ERROR_RESPONSES,
+        summary=f"the default model, {spec.name}",
+        description=f"The classic single-model API on ``{spec.name}`` ({spec.task}): one text "
+        "gets its best label and score; a list of texts gets one prediction each.",
+    )
+    label(router, spec, "/predict")
+    return router
+
+
+class _Classic(BaseModel):
+    inputs: str | list[str]
+    parameters: None = None
+    priority: str = "low"
+
+
+__all__ = ["PredictResponse", "classic_router", "fallback", "model_router", "run_predict"]

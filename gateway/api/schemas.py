@@ -1,30 +1,122 @@
-"""Request and response bodies of the HTTP API, as they appear in /openapi.json."""
+"""Request and response bodies of the HTTP API, as they appear in /openapi.json.
+
+Each model gets its own predict and job request schema, built from its task's shapes in
+:mod:`contract.tasks` and its limits in models.yaml, so a schema-driven client and the server
+agree on what is valid: the schema states ``max_inputs`` (maxItems) and ``max_chars``
+(maxLength), and the server answers 413 beyond them.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
+
+from contract.config import ModelSpec
+from contract.tasks import TASKS, WHOLE
+
+Priority = Literal["high", "low"]
+PRIORITY_FIELD = Field(
+    default="low", description="high jumps the model's queue; low (default) joins its end"
+)
 
 
-class PredictRequest(BaseModel):
-    """One input (a string) or several (a list of strings), with task parameters."""
+def schema_name(spec: ModelSpec, suffix: str) -> str:
+    """A component name for one model's schema: ``tiny-cls`` → ``TinyClsPredictRequest``."""
+    words = re.split(r"[^a-zA-Z0-9]+", spec.name)
+    return "".join(w[:1].upper() + w[1:] for w in words if w) + suffix
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"inputs": "hello world"}, {"inputs": ["a", "b"], "parameters": {}}]
-        },
+
+def _text(max_chars: int, *, non_empty: bool = False) -> Any:
+    # The limit is stated, not enforced here: beyond it the server answers 413, not 422.
+    extra: dict[str, Any] = {"maxLength": max_chars}
+    return Annotated[StrictStr, Field(min_length=1 if non_empty else 0, json_schema_extra=extra)]
+
+
+def _input_type(spec: ModelSpec, limit: int) -> Any:
+    task = TASKS[spec.task]
+    strict = ConfigDict(extra="forbid", strict=True)
+    if task.name == "question-answering":
+        text = _text(spec.max_chars, non_empty=True)
+        return create_model(
+            schema_name(spec, "Question"),
+            __config__=strict,
+            question=(text, ...),
+            context=(text, ...),
+        )
+    if task.name == "rerank":
+        text = _text(spec.max_chars)
+        documents: Any = Annotated[
+            list[text],  # type: ignore[valid-type]
+            Field(min_length=1, json_schema_extra={"maxItems": limit}),
+        ]
+        return create_model(
+            schema_name(spec, "Query"),
+            __config__=strict,
+            query=(_text(spec.max_chars, non_empty=True), ...),
+            documents=(documents, ...),
+        )
+    return _text(spec.max_chars)
+
+
+def _params_model(spec: ModelSpec) -> type[BaseModel]:
+    """The task's parameters; for embeddings, with the ``dimensions`` this model offers."""
+    params = TASKS[spec.task].params
+    if spec.task != "feature-extraction":
+        return params
+    offered: list[Any] = [*(spec.matryoshka_dimensions or []), None]
+    # Stated, not enforced here: the server explains a refusal itself.
+    field = Field(
+        default=None,
+        description=params.model_fields["dimensions"].description,
+        json_schema_extra={"enum": offered},
+    )
+    return create_model(
+        schema_name(spec, "Parameters"),
+        __base__=params,
+        dimensions=(Annotated[int, Field(ge=1), WHOLE] | None, field),
     )
 
-    inputs: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] = Field(
-        description="a string, or a non-empty list of strings"
+
+def request_model(spec: ModelSpec, *, job: bool) -> type[BaseModel]:
+    """The body of ``POST /models/<name>/predict`` (or ``/jobs``) for this model."""
+    task = TASKS[spec.task]
+    limit = spec.max_job_inputs if job else spec.max_inputs
+    item = _input_type(spec, limit)
+    inputs: Any = item
+    description = "one input"
+    if task.many:
+        many = Annotated[list[item], Field(min_length=1, json_schema_extra={"maxItems": limit})]  # type: ignore[valid-type]
+        inputs = item | many
+        description = f"one input, or a list of 1 to {limit}"
+    required = any(f.is_required() for f in task.params.model_fields.values())
+    model = _params_model(spec)
+    params: Any = (model, ...) if required else (model | None, None)
+    return create_model(
+        schema_name(spec, "JobRequest" if job else "PredictRequest"),
+        __config__=ConfigDict(
+            extra="forbid", strict=True, json_schema_extra={"examples": [task.example]}
+        ),
+        __doc__=f"{spec.task} with {spec.name}: {description}, with the task's parameters.",
+        inputs=(inputs, Field(description=description)),
+        parameters=(params[0], Field(default=params[1], description=task.params.__doc__)),
+        priority=(Priority, PRIORITY_FIELD),
     )
-    parameters: dict[str, Any] | None = Field(
-        default=None, description="task parameters; each task accepts its own allowlist"
-    )
-    priority: Literal["high", "low"] = Field(
-        default="low", description="high jumps the model's queue; low (default) joins its end"
+
+
+def response_model(spec: ModelSpec) -> type[BaseModel]:
+    """The body of a 200 from ``POST /models/<name>/predict``."""
+    task = TASKS[spec.task]
+    output: Any = task.output
+    outputs = output | list[output] if task.many else output
+    if task.name == "rerank":
+        outputs = output
+    return create_model(
+        schema_name(spec, "PredictResponse"),
+        __doc__="One output for a single input; a list of outputs, in input order, for a list.",
+        model=(str, ...),
+        outputs=(outputs, ...),
     )
 
 
@@ -33,6 +125,41 @@ class PredictResponse(BaseModel):
 
     model: str
     outputs: Any
+
+
+def classic_requests(spec: ModelSpec) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The bodies of ``POST /predict`` on the default model: one text, or several."""
+    text: Any = _text(spec.max_chars)
+    texts: Any = Annotated[
+        list[text],
+        Field(min_length=1, json_schema_extra={"maxItems": spec.max_inputs}),
+    ]
+    one = create_model(
+        "TextRequest",
+        __config__=_classic_config({"text": "I love it"}),
+        __doc__="The classic single-model call: one text.",
+        text=(text, ...),
+    )
+    many = create_model(
+        "TextsRequest",
+        __config__=_classic_config({"texts": ["good", "bad"]}),
+        __doc__="The classic single-model call for several texts.",
+        texts=(texts, ...),
+    )
+    return one, many
+
+
+def _classic_config(example: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [example]})
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class Predictions(BaseModel):
+    predictions: list[LabelScore]
 
 
 class JobAccepted(BaseModel):
@@ -74,6 +201,16 @@ class WorkerInfo(BaseModel):
     name: str
 
 
+class ModelSchemas(BaseModel):
+    """Where this model's request and response bodies are described in /openapi.json."""
+
+    predict: str
+    jobs: str
+    request: str
+    response: str
+    parameters: dict[str, Any] = Field(description="JSON schema of the task's parameters")
+
+
 class ModelInfo(BaseModel):
     """A served model: its configuration, and whether workers serve it right now."""
 
@@ -89,7 +226,19 @@ class ModelInfo(BaseModel):
     max_chars: int
     max_batch_size: int
     timeout_s: float
+    schemas: ModelSchemas
     workers: list[WorkerInfo] | None = None
+
+
+def model_schemas(spec: ModelSpec) -> ModelSchemas:
+    ref = "/openapi.json#/components/schemas/"
+    return ModelSchemas(
+        predict=f"/models/{spec.name}/predict",
+        jobs=f"/models/{spec.name}/jobs",
+        request=ref + schema_name(spec, "PredictRequest"),
+        response=ref + schema_name(spec, "PredictResponse"),
+        parameters=TASKS[spec.task].params.model_json_schema(),
+    )
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

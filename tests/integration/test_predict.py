@@ -123,4 +123,4 @@ def test_service_endpoints(stack: Stack) -> None:
     assert httpx.get(stack.url + "/docs").status_code == 200
     assert httpx.get(stack.url + "/redoc").status_code == 200
     spec = httpx.get(stack.url + "/openapi.json").json()
-    assert "/models/{name}/predict" in spec["paths"]
+    assert "/models/minilm/predict" in spec["paths"]

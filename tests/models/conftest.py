@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.models.cases import classifier_spec, minilm_spec
-from workers.pipelines import Engine, PipelineEngine, build_engine
+from workers.engines import Engine
+from workers.pipelines import PipelineEngine, build_engine
 
 
 @pytest.fixture(autouse=True, scope="session")

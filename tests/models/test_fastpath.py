@@ -15,8 +15,11 @@ from tests.models.cases import (
     minilm_spec,
     with_config,
 )
-from workers.fastpath import ClassificationEngine, EmbeddingEngine, InputTooLongError
-from workers.pipelines import Engine, PipelineEngine, build_engine
+from workers.engines import Engine
+from workers.engines.classification import ClassificationEngine
+from workers.engines.embedding import EmbeddingEngine
+from workers.pipelines import PipelineEngine, build_engine
+from workers.tasks import InputTooLong
 
 pytestmark = pytest.mark.models
 
@@ -98,7 +101,7 @@ def test_default_function_follows_problem_type_like_pipeline(
 def test_too_long_input_without_truncation_fails_clearly(model_dirs: dict[str, Path]) -> None:
     engine = build_engine(classifier_spec(model_dirs["tiny32"], truncation=False))
     assert engine.max_tokens == 32
-    with pytest.raises(InputTooLongError, match=r"102 tokens .* at most 32 .*truncation is off"):
+    with pytest.raises(InputTooLong, match=r"102 tokens .* at most 32 .*truncation is off"):
         engine(["short", " ".join(["word"] * 100)], {})
     assert len(engine(["short"], {})) == 1
 

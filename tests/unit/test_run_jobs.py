@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,14 +19,22 @@ class FakeJob:
 
 @dataclass
 class RecordingEngine:
-    calls: list[tuple[list[str], dict[str, Any]]] = field(default_factory=list)
+    calls: list[tuple[list[Any], dict[str, Any]]] = field(default_factory=list)
+    group_calls: int = 0
     poison: str = "POISON"
+    across_groups: bool = False
 
-    def __call__(self, inputs: list[str], params: dict[str, Any]) -> list[Any]:
+    def __call__(self, inputs: list[Any], params: dict[str, Any]) -> list[Any]:
         self.calls.append((list(inputs), dict(params)))
         if self.poison in inputs:
             raise ValueError("cannot digest this")
         return [f"{t}|{params.get('top_k', '-')}" for t in inputs]
+
+    def run_groups(self, groups: Sequence[tuple[list[Any], dict[str, Any]]]) -> list[list[Any]]:
+        self.group_calls += 1
+        if any(self.poison in items for items, _ in groups):
+            raise ValueError("cannot digest this")
+        return [[f"{t}|{p.get('top_k', '-')}" for t in items] for items, p in groups]
 
 
 def job(i: int, inputs: list[str], **params: Any) -> FakeJob:
@@ -65,3 +74,27 @@ def test_expired_deadline_and_bad_payload_are_refused() -> None:
     out = run_jobs(engine, [late, bad], now=200.0)
     assert [o.error.code for o in out if o.error] == ["deadline_exceeded", "invalid_job"]
     assert engine.calls == []
+
+
+def test_an_engine_that_batches_across_parameters_gets_one_call() -> None:
+    engine = RecordingEngine(across_groups=True)
+    jobs = [job(0, ["a", "b"]), job(1, ["c"], top_k=2), job(2, ["d"])]
+    out = run_jobs(engine, jobs)
+    assert [o.value for o in out] == [["a|-", "b|-"], ["c|2"], ["d|-"]]
+    assert (engine.group_calls, engine.calls) == (1, [])
+
+
+def test_a_failed_call_across_parameters_falls_back_to_each_job() -> None:
+    engine = RecordingEngine(across_groups=True)
+    jobs = [job(0, ["a"]), job(1, ["POISON"], top_k=1), job(2, ["c"])]
+    out = run_jobs(engine, jobs)
+    assert out[0].value == ["a|-"] and out[2].value == ["c|-"]
+    assert out[1].error is not None and out[1].error.code == "inference_failed"
+
+
+def test_object_items_reach_the_engine_as_they_were_queued() -> None:
+    engine = RecordingEngine()
+    item = {"question": "q", "context": "c"}
+    out = run_jobs(engine, [FakeJob("qa", {"inputs": [item]})])
+    assert engine.calls == [([item], {})]
+    assert out[0].error is None

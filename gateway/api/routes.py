@@ -1,0 +1,70 @@
+"""Routes built per model at start-up: ``POST /models/<name>/<action>`` with that model's body
+type, so /openapi.json states exactly what each model takes and returns.
+
+This module does not postpone annotations: FastAPI reads each endpoint's signature, and the
+body's type in it exists only once the model's schema is built.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from contract.config import ModelSpec
+from gateway.deps import CacheControl, InferenceDep, SettingsDep
+from gateway.inference import Inference
+from gateway.settings import GatewaySettings
+
+
+@dataclass
+class Call:
+    """One request to a model's route, with what its handler needs."""
+
+    body: Any
+    inference: Inference
+    settings: GatewaySettings
+    request: Request
+    response: Response
+    cache_control: str | None
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+
+
+def model_endpoint(body_type: Any, handle: Handler) -> Callable[..., Awaitable[Any]]:
+    """An endpoint whose body is ``body_type``; ``handle`` does the work."""
+
+    async def endpoint(
+        body: body_type,
+        inference: InferenceDep,
+        settings: SettingsDep,
+        request: Request,
+        response: Response,
+        cache_control: CacheControl = None,
+    ) -> Any:
+        return await handle(Call(body, inference, settings, request, response, cache_control))
+
+    return endpoint
+
+
+def add_model_route(
+    router: APIRouter, spec: ModelSpec, action: str, endpoint: Any, **options: Any
+) -> None:
+    """``POST /models/<name>/<action>``, marked as ``spec``'s so that metrics and logs count it
+    under the generic path (``/models/{name}/<action>``) and the model's name."""
+    router.add_api_route(
+        f"/models/{spec.name}/{action}",
+        endpoint,
+        methods=["POST"],
+        operation_id=f"{action}_{spec.name}",
+        **options,
+    )
+    label(router, spec, f"/models/{{name}}/{action}")
+
+
+def label(router: APIRouter, spec: ModelSpec, template: str) -> None:
+    """Mark the router's last route as ``spec``'s under the generic path ``template``."""
+    route = router.routes[-1]
+    route.template = template  # type: ignore[attr-defined]
+    route.model = spec.name  # type: ignore[attr-defined]

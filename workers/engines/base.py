@@ -1,0 +1,226 @@
+"""What every task engine shares: loading a tokenizer and a model on one device, the token
+limit and the too-long check, batching inputs in length-sorted chunks, pooling, and warm-up.
+
+A task is a subclass in its own module that names its model class (``auto_class``) and says how
+one chunk of items becomes rows (``_forward``) and rows become outputs (``_outputs``), or, for
+the tasks whose post-processing is the transformers pipeline's own (token classification,
+fill-mask, question answering), wraps that pipeline around the same loaded model
+(:class:`PipelineTask`). Either way it returns exactly what the transformers pipeline for the task
+returns on the same inputs (within floating-point tolerance; the tests state it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol
+
+import torch
+from transformers import AutoTokenizer, Pipeline, pipeline
+
+from contract.config import ModelSpec
+from contract.tasks import TASKS, Item, item_chars
+from workers.tasks import Group, InputTooLong, Runner
+
+log = logging.getLogger("modelgate.worker")
+
+NO_LIMIT = 1_000_000
+"""Stands in for a tokenizer or model that declares no maximum length."""
+
+
+class Engine(Runner, Protocol):
+    """What a worker serves with: a loaded model, called with batches of items."""
+
+    spec: ModelSpec
+    device: str
+    fingerprint: str
+
+    @property
+    def model(self) -> torch.nn.Module: ...
+    @property
+    def max_tokens(self) -> int: ...
+    def warm_up(self) -> float: ...
+
+
+def token_limit(tokenizer: Any, config: Any) -> int:
+    """The most tokens one input may have: the tokenizer's maximum, capped by the model's
+    position embeddings when a locally built model has fewer than its tokenizer claims."""
+    declared = getattr(tokenizer, "model_max_length", None) or NO_LIMIT
+    positions = getattr(config, "max_position_embeddings", None) or NO_LIMIT
+    return int(min(declared, positions, NO_LIMIT))
+
+
+def too_long(name: str, tokens: int, limit: int) -> InputTooLong:
+    return InputTooLong(
+        f"an input has {tokens} tokens but model {name!r} takes at most {limit} "
+        "and its truncation is off"
+    )
+
+
+def mean_pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of each row's token vectors over its attention mask (padding never counts)."""
+    weights = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def to_json(value: Any) -> Any:
+    """Plain lists, dicts and floats: RQ's JSON serializer cannot store numpy or torch values."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+class TaskEngine:
+    """Tokenizer plus model on one device; subclasses add the task."""
+
+    task: ClassVar[str]
+    auto_class: ClassVar[Any]
+    across_groups = False
+
+    def __init__(
+        self, spec: ModelSpec, location: str, device: str, dtype: torch.dtype, fingerprint: str
+    ) -> None:
+        self.spec = spec
+        self.location = location
+        self.device = device
+        self.fingerprint = fingerprint
+        self.accepts = frozenset(TASKS[self.task].params.model_fields)
+        started = time.perf_counter()
+        log.info("loading %s (%s) from %s on %s", spec.name, spec.task, location, device)
+        revision = {"revision": spec.source.revision} if spec.source.revision else {}
+        self.tokenizer = AutoTokenizer.from_pretrained(location, **revision)
+        loaded = self.auto_class.from_pretrained(location, dtype=dtype, **revision)
+        self._model: torch.nn.Module = loaded.to(device).eval()
+        self.config: Any = self._model.config
+        self._max_tokens = token_limit(self.tokenizer, self.config)
+        # Pipelines truncate at the tokenizer's maximum: make it the one the model really takes.
+        self.tokenizer.model_max_length = self._max_tokens
+        self._loaded()
+        self.load_s = time.perf_counter() - started
+        log.info("loaded %s in %.1f s", spec.name, self.load_s)
+
+    def _loaded(self) -> None:
+        """Task set-up once the model is on its device."""
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._model
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    def __call__(self, items: list[Item], params: dict[str, Any]) -> list[Any]:
+        unknown = set(params) - self.accepts
+        if unknown:
+            raise ValueError(
+                f"parameters not accepted by {self.task}: {', '.join(sorted(unknown))}"
+            )
+        if not items:
+            return []
+        with torch.inference_mode():
+            return self._run(items, params)
+
+    def run_groups(self, groups: Sequence[Group]) -> list[list[Any]]:
+        """Several parameter groups at once; a task that can batch across them overrides this."""
+        return [self(items, params) for items, params in groups]
+
+    def _run(self, items: list[Item], params: dict[str, Any]) -> list[Any]:
+        return self._outputs(self._rows(items, params), items, params)
+
+    def _rows(self, items: list[Item], params: dict[str, Any]) -> torch.Tensor:
+        """One float32 row per item, in item order, from length-sorted chunks of
+        ``max_batch_size`` (chunks of similar length waste less compute on padding)."""
+        size = self.spec.max_batch_size
+        if len(items) <= size:
+            return self._forward(items, params)
+        order = sorted(range(len(items)), key=lambda i: item_chars(items[i]))
+        chunks = [order[k : k + size] for k in range(0, len(order), size)]
+        rows = torch.cat([self._forward([items[i] for i in c], params) for c in chunks])
+        restore = torch.tensor(order).argsort()
+        return rows[restore.to(rows.device)]
+
+    def _forward(self, items: list[Item], params: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _outputs(self, rows: torch.Tensor, items: list[Item], params: dict[str, Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def encode(
+        self,
+        texts: list[str],
+        pairs: list[str] | None = None,
+        *,
+        side: str | None = None,
+        strategy: str = "longest_first",
+    ) -> dict[str, torch.Tensor]:
+        """A padded batch on the model's device; cut to the model's limit when truncation is
+        on, refused (:class:`InputTooLong`) when it is off."""
+        truncate = self.spec.truncation
+        default_side = self.tokenizer.truncation_side
+        self.tokenizer.truncation_side = side or default_side
+        try:
+            encoded = self.tokenizer(
+                texts,
+                pairs,
+                padding=True,
+                truncation=strategy if truncate else False,
+                max_length=self.max_tokens if truncate else None,
+                return_tensors="pt",
+            )
+        finally:
+            self.tokenizer.truncation_side = default_side
+        if not truncate and encoded["input_ids"].shape[1] > self.max_tokens:
+            longest = int(encoded["attention_mask"].sum(dim=1).max())
+            raise too_long(self.spec.name, longest, self.max_tokens)
+        return {k: v.to(self.device, non_blocking=True) for k, v in encoded.items()}
+
+    def check_lengths(self, texts: list[str]) -> None:
+        """With truncation off, refuse an input the model cannot take before running it."""
+        if self.spec.truncation:
+            return
+        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        if max(lengths, default=0) > self.max_tokens:
+            raise too_long(self.spec.name, max(lengths), self.max_tokens)
+
+    def warm_up_input(self) -> Group:
+        """One small request the task takes, run once before the worker announces itself."""
+        return ["modelgate warm-up"], {}
+
+    def warm_up(self) -> float:
+        started = time.perf_counter()
+        self(*self.warm_up_input())
+        return time.perf_counter() - started
+
+
+class PipelineTask(TaskEngine):
+    """A task whose batching and post-processing are the transformers pipeline's, run on the
+    model and tokenizer loaded above (``batch_size`` makes it one forward pass per chunk)."""
+
+    pipeline_task: ClassVar[str]
+
+    def _loaded(self) -> None:
+        self.pipe: Pipeline = pipeline(  # type: ignore[call-overload]
+            self.pipeline_task, model=self._model, tokenizer=self.tokenizer, device=self.device
+        )
+
+    def _run(self, items: list[Item], params: dict[str, Any]) -> list[Any]:
+        batch = min(len(items), self.spec.max_batch_size)
+        out = self.pipe(self._pipeline_inputs(items), batch_size=batch, **params)
+        values: list[Any] = to_json(out)
+        if len(items) == 1 and self._unwrapped(values):
+            values = [values]  # a pipeline answers one input without the outer list
+        return values
+
+    def _unwrapped(self, out: list[Any] | dict[str, Any]) -> bool:
+        return not isinstance(out, list) or not out or not isinstance(out[0], list)
+
+    def _pipeline_inputs(self, items: list[Item]) -> Any:
+        texts = [str(item) for item in items]
+        self.check_lengths(texts)
+        return texts

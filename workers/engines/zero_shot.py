@@ -1,0 +1,95 @@
+"""Zero-shot classification with an NLI model: each (input, candidate label) pair is a premise
+and a hypothesis; the entailment logits become label scores as in the transformers pipeline.
+Pairs from every request in a batch run together, whatever labels each request brought."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from contract.tasks import Item, ZeroShotParams, hypothesis
+from workers.engines.classification import SequenceScorer
+from workers.tasks import Group
+
+DEFAULT_TEMPLATE = ZeroShotParams.model_fields["hypothesis_template"].default
+
+
+class ZeroShotEngine(SequenceScorer):
+    task = "zero-shot-classification"
+    across_groups = True
+
+    def _loaded(self) -> None:
+        super()._loaded()
+        labels = self.config.label2id
+        # The pipeline's rule: the label named entail*, else the last one.
+        self.entailment = next(
+            (int(i) for name, i in labels.items() if name.lower().startswith("entail")), -1
+        )
+
+    def warm_up_input(self) -> Group:
+        return ["modelgate warm-up"], {"candidate_labels": ["ready", "loading"]}
+
+    def run_groups(self, groups: Sequence[Group]) -> list[list[Any]]:
+        unknown = {k for _, params in groups for k in params} - self.accepts
+        if unknown:
+            raise ValueError(
+                f"parameters not accepted by {self.task}: {', '.join(sorted(unknown))}"
+            )
+        pairs = [
+            (str(text), self._hypothesis(params, label))
+            for items, params in groups
+            for text in items
+            for label in params["candidate_labels"]
+        ]
+        if not pairs:
+            return [[] for _ in groups]
+        with torch.inference_mode():
+            logits = self._pair_logits(pairs).cpu().numpy()
+        results, start = [], 0
+        for items, params in groups:
+            labels = params["candidate_labels"]
+            n = len(items) * len(labels)
+            block = logits[start : start + n].reshape(len(items), len(labels), -1)
+            start += n
+            scored = zip(items, block, strict=True)
+            results.append([self._scores(str(t), labels, b, params) for t, b in scored])
+        return results
+
+    def __call__(self, items: list[Item], params: dict[str, Any]) -> list[Any]:
+        return self.run_groups([(items, params)])[0]
+
+    @staticmethod
+    def _hypothesis(params: dict[str, Any], label: str) -> str:
+        return hypothesis(str(params.get("hypothesis_template", DEFAULT_TEMPLATE)), label)
+
+    def _pair_logits(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
+        size = self.spec.max_batch_size
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        chunks = [order[k : k + size] for k in range(0, len(order), size)]
+        rows = []
+        for chunk in chunks:
+            premises = [pairs[i][0] for i in chunk]
+            hypotheses = [pairs[i][1] for i in chunk]
+            rows.append(self.logits(self.encode(premises, hypotheses, strategy="only_first")))
+        restore = torch.tensor(order).argsort()
+        return torch.cat(rows)[restore.to(self.device)]
+
+    def _scores(
+        self, text: str, labels: list[str], logits: np.ndarray, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        if params.get("multi_label") or len(labels) == 1:
+            contradiction = -1 if self.entailment == 0 else 0
+            pair = logits[..., [contradiction, self.entailment]]
+            scores = (np.exp(pair) / np.exp(pair).sum(-1, keepdims=True))[..., 1]
+        else:
+            entail = logits[..., self.entailment]
+            scores = np.exp(entail) / np.exp(entail).sum(-1, keepdims=True)
+        top = list(reversed(scores.argsort()))
+        return {
+            "sequence": text,
+            "labels": [labels[i] for i in top],
+            "scores": scores[top].tolist(),
+        }
