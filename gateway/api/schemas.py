@@ -120,13 +120,6 @@ def response_model(spec: ModelSpec) -> type[BaseModel]:
     )
 
 
-class PredictResponse(BaseModel):
-    """One output for a string input; a list of outputs, in input order, for a list."""
-
-    model: str
-    outputs: Any
-
-
 def classic_requests(spec: ModelSpec) -> tuple[type[BaseModel], type[BaseModel]]:
     """The bodies of ``POST /predict`` on the default model: one text, or several."""
     text: Any = _text(spec.max_chars)
