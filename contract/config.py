@@ -156,6 +156,11 @@ class Registry(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate model name(s): {', '.join(dupes)}")
+        # The API's schema names drop punctuation: tiny-cls and tiny_cls would share them.
+        letters = [re.sub(r"[^a-z0-9]", "", n) for n in names]
+        alike = sorted({n for n, k in zip(names, letters, strict=True) if letters.count(k) > 1})
+        if alike:
+            raise ValueError(f"model names that differ only in punctuation: {', '.join(alike)}")
         if self.default_model is not None:
             default = self.get(self.default_model)
             if default is None:

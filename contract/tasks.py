@@ -65,8 +65,8 @@ class FeatureExtractionParams(_Strict):
     normalize: bool = True
     dimensions: Annotated[int, Field(ge=1), WHOLE] | None = Field(
         default=None,
-        description="keep the first N dimensions (Matryoshka), then renormalise; only the sizes "
-        "the model's models.yaml entry lists in matryoshka_dimensions",
+        description="keep the first N dimensions (Matryoshka), then renormalise unless normalize "
+        "is false; only the sizes the model's models.yaml entry lists in matryoshka_dimensions",
     )
     truncation_direction: Literal["left", "right"] | None = Field(
         default=None, description="which end of a too-long input is cut (default right)"
@@ -108,7 +108,7 @@ class QuestionAnsweringParams(_Strict):
     windows ``doc_stride`` tokens apart."""
 
     top_k: Annotated[int, Field(ge=1, le=20), WHOLE] | None = None
-    doc_stride: Annotated[int, Field(ge=1, le=512), WHOLE] | None = None
+    doc_stride: Annotated[int, Field(ge=1, le=128), WHOLE] | None = None
     max_answer_len: Annotated[int, Field(ge=1, le=512), WHOLE] | None = None
     handle_impossible_answer: bool | None = None
 

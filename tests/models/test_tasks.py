@@ -140,6 +140,8 @@ def test_fill_mask_equals_the_pipeline(
 def test_fill_mask_refuses_a_text_without_the_mask(engines: dict[str, Engine]) -> None:
     with pytest.raises(InvalidItem, match=r"\[MASK\]"):
         engines["fill-mask"](["no mask here"], {})
+    with pytest.raises(InvalidItem, match="none of the targets"):
+        engines["fill-mask"](["a [MASK]"], {"targets": [" ", "\u200b"]})
 
 
 def test_rerank_scores_equal_the_classification_pipeline_on_pairs(
@@ -263,3 +265,33 @@ def test_truncation_direction_keeps_the_chosen_end(model_dirs: dict[str, Path]) 
     kept_tail = engine([("filler " * 600)[-2000:] + tail], {"truncation_direction": "left"})[0]
     assert max_abs_diff(left, right) > 1e-3
     assert max_abs_diff(left, kept_tail) < 1e-4, "left truncation keeps the last tokens"
+
+
+def test_a_label_too_long_for_the_model_is_refused_not_crashed(engines: dict[str, Engine]) -> None:
+    """Zero-shot truncates only the premise: a hypothesis over the limit is a 413, not a 500."""
+    with pytest.raises(InputTooLong, match="second text of a pair has"):
+        engines["zero-shot-classification"](["hello"], {"candidate_labels": ["word " * 600]})
+
+
+def test_the_reference_pipeline_applies_dimensions_and_truncation_side_too(
+    minilm_fast: Engine,
+) -> None:
+    reference = build_engine(minilm_spec(fast_path=False, matryoshka_dimensions=[128]))
+    long_text = "filler " * 600 + " the end is what matters here"
+    for params in ({"dimensions": 128}, {"truncation_direction": "left"}):
+        texts = [*SENTENCES, long_text]
+        assert max_abs_diff(reference(texts, params), minilm_fast(texts, params)) < FP32_TOL
+
+
+def test_fill_mask_refuses_a_mask_that_truncation_cuts_off(engines: dict[str, Engine]) -> None:
+    with pytest.raises(InputTooLong, match="a mask is past"):
+        engines["fill-mask"](["word " * 600 + "[MASK]"], {})
+
+
+def test_question_answering_with_no_possible_span_is_an_empty_list(
+    engines: dict[str, Engine],
+) -> None:
+    for top_k in (1, 2):
+        assert engines["question-answering"](
+            [{"question": "q", "context": " "}], {"top_k": top_k}
+        ) == [[]]

@@ -120,3 +120,10 @@ def test_check_command_exits_non_zero_with_messages(tmp_path: Path) -> None:
         timeout=60,
     )
     assert ok.returncode == 0 and "minilm" in ok.stdout
+
+
+def test_names_that_differ_only_in_punctuation_are_refused() -> None:
+    entry = {"task": "text-classification", "source": {"path": "/m"}}
+    models = [{"name": "tiny-cls", **entry}, {"name": "tiny_cls", **entry}]
+    with pytest.raises(ConfigError, match="differ only in punctuation: tiny-cls, tiny_cls"):
+        parse_registry({"models": models})

@@ -25,12 +25,18 @@ class EmbeddingEngine(TaskEngine):
         return mean_pool(tokens, encoded["attention_mask"])
 
     def _outputs(self, rows: torch.Tensor, items: list[Item], params: dict[str, Any]) -> list[Any]:
-        dimensions = params.get("dimensions")
-        if dimensions is not None:
-            if dimensions > rows.shape[-1]:
-                raise ValueError(f"dimensions {dimensions} > the model's {rows.shape[-1]}")
-            rows = rows[:, :dimensions]
-        if params.get("normalize", True):
-            rows = torch.nn.functional.normalize(rows, dim=-1)
-        vectors: list[Any] = rows.cpu().tolist()
-        return vectors
+        return finish_embeddings(rows, params)
+
+
+def finish_embeddings(rows: torch.Tensor, params: dict[str, Any]) -> list[Any]:
+    """Pooled rows as the API returns them: the first ``dimensions`` (Matryoshka), then unit
+    length unless ``normalize`` is false."""
+    dimensions = params.get("dimensions")
+    if dimensions is not None:
+        if dimensions > rows.shape[-1]:
+            raise ValueError(f"dimensions {dimensions} > the model's {rows.shape[-1]}")
+        rows = rows[:, :dimensions]
+    if params.get("normalize", True):
+        rows = torch.nn.functional.normalize(rows, dim=-1)
+    vectors: list[Any] = rows.cpu().tolist()
+    return vectors

@@ -9,7 +9,7 @@ from transformers import AutoModelForMaskedLM
 
 from contract.tasks import Item
 from workers.engines.base import PipelineTask
-from workers.tasks import Group, InvalidItem
+from workers.tasks import Group, InputTooLong, InvalidItem
 
 
 class FillMaskEngine(PipelineTask):
@@ -31,9 +31,20 @@ class FillMaskEngine(PipelineTask):
         if any(self.mask not in text for text in texts):
             raise InvalidItem(f"a fill-mask input needs the mask token {self.mask}")
         self.check_lengths(texts)
+        if self.spec.truncation:
+            kept = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
+            if any(self.tokenizer.mask_token_id not in ids for ids in kept):
+                raise InputTooLong(
+                    f"a mask is past the {self.max_tokens} tokens model {self.spec.name!r} reads"
+                )
         return texts
 
     def _run(self, items: list[Item], params: dict[str, Any]) -> list[Any]:
+        targets = params.get("targets")
+        if targets and not any(
+            self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in targets
+        ):
+            raise InvalidItem("parameters.targets: none of the targets is a token of this model")
         if self.spec.truncation:
             params = {**params, "tokenizer_kwargs": {"truncation": True}}
         return super()._run(items, params)

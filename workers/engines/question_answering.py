@@ -4,9 +4,11 @@ transformers 5 dropped its question-answering pipeline; this is the algorithm of
 pipeline it replaces: the question and the context are tokenized together, a context longer than
 the model takes is read in overlapping windows ``doc_stride`` tokens apart, each window's start
 and end logits are softmaxed over its context tokens, spans up to ``max_answer_len`` tokens are
-scored as start x end probabilities, and the best ``top_k`` are aligned to whole words. A span
-two overlapping windows both find counts once, with its higher score. The truncation setting
-does not apply: long contexts are always read whole.
+scored as start x end probabilities, and the best ``top_k`` are aligned to whole words. Two
+departures, both deliberate: a span two overlapping windows both find counts once, with its
+higher score; and ``top_k`` valid spans are searched for until found (4.x filtered its first
+``top_k`` candidates and could return fewer). A context with no possible span answers ``[]``.
+The truncation setting does not apply: long contexts are always read whole.
 """
 
 from __future__ import annotations
@@ -156,6 +158,6 @@ class QuestionAnsweringEngine(TaskEngine):
             answers = [*answers, {"score": null, "start": 0, "end": 0, "answer": ""}]
         top_k = params.get("top_k", 1)
         ranked = sorted(answers, key=lambda a: a["score"], reverse=True)[:top_k]
-        if top_k == 1:
-            return ranked[0] if ranked else {"score": 0.0, "start": 0, "end": 0, "answer": ""}
-        return ranked
+        if top_k == 1 and ranked:
+            return ranked[0]
+        return ranked  # top_k > 1, or no span at all: a list (empty when nothing fits)
