@@ -20,6 +20,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
@@ -75,6 +76,23 @@ return 'canceled'
 """Cancel only what no worker has taken: the job's id must still be in the queue list, and
 removing it there is what makes it canceled, in one atomic step. With a TTL of 0 (a sync job
 whose caller gave up) the job is deleted instead of kept as canceled."""
+
+ENDED_REGISTRIES = (FinishedJobRegistry, FailedJobRegistry, CanceledJobRegistry)
+"""Where RQ lists a job that has ended, by queue."""
+
+_DELETE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'unknown' end
+if status == 'started' then return 'started' end
+if status == 'queued' and redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then
+  return 'started'
+end
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[7])
+for i = 4, 6 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return 'deleted'
+"""
+"""Delete a job and its result unless a worker has it: a queued job must still be in the
+queue list (removing it there is what stops it running), a started one is refused."""
 
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
@@ -143,6 +161,7 @@ class Dispatcher:
         self._release = self.conn.register_script(_RELEASE)
         self._cancel = self.conn.register_script(_CANCEL)
         self._claim = self.conn.register_script(_CLAIM)
+        self._delete = self.conn.register_script(_DELETE)
         self._queues: dict[str, Queue] = {}
 
     async def close(self) -> None:
@@ -316,6 +335,20 @@ class Dispatcher:
         ]
         async with redis_errors():
             outcome = await self._cancel(keys=keys, args=[job_id, ttl_s, int(time.time()) + ttl_s])
+        return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+
+    async def delete_job(self, job_id: str, queue_name: str) -> str:
+        """Delete a job that no worker holds, with its result and registry entries, atomically;
+        returns "deleted", "started" or "unknown"."""
+        keys = [
+            Job.key_for(job_id),
+            Queue.redis_queue_namespace_prefix + queue_name,
+            Result.get_key(job_id),
+            *(r.key_template.format(queue_name) for r in ENDED_REGISTRIES),
+            self.keys.replies(job_id),
+        ]
+        async with redis_errors():
+            outcome = await self._delete(keys=keys, args=[job_id])
         return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 
     async def release(self, flight: str, job_id: str) -> None:

@@ -7,6 +7,7 @@ server-side failures are logged, never shown.
     ├── UnknownModel            404 unknown_model
     ├── UnknownJob              404 unknown_job
     ├── JobNotCancelable        409 job_not_cancelable
+    ├── JobRunning              409 job_running
     ├── PayloadTooLarge         413 payload_too_large
     ├── InvalidInput            422 invalid_input
     ├── Overloaded              429 overloaded          (Retry-After)
@@ -59,6 +60,10 @@ class UnknownJob(GatewayError):
 
 class JobNotCancelable(GatewayError):
     status_code, code = 409, "job_not_cancelable"
+
+
+class JobRunning(GatewayError):
+    status_code, code = 409, "job_running"
 
 
 class PayloadTooLarge(GatewayError):

@@ -59,8 +59,9 @@ class Inference:
         mode: CacheMode,
         job_ttl_s: int,
         priority: str = "low",
-    ) -> str:
-        """Queue an async job; one the cache answers whole is created already finished."""
+    ) -> tuple[str, bool]:
+        """Queue an async job; one the cache answers whole is created already finished.
+        Returns the job's id and whether it is finished already."""
         load = await self.dispatcher.admission.admit(spec)
         fingerprint = (
             load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
@@ -74,10 +75,12 @@ class Inference:
         if stored is not None:
             meta["shape"] = stored
         if not lookup.missing:
-            return await self.dispatcher.store_finished(
+            stored_id = await self.dispatcher.store_finished(
                 spec, payload, lookup.outputs, meta, job_ttl_s
             )
-        return await self.dispatcher.submit(spec, payload, meta=meta, result_ttl_s=job_ttl_s)
+            return stored_id, True
+        job_id = await self.dispatcher.submit(spec, payload, meta=meta, result_ttl_s=job_ttl_s)
+        return job_id, False
 
     async def _shared(
         self, spec: ModelSpec, payload: JobPayload, fingerprint: str

@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 from contract.tasks import shape_stored
 from gateway.connections import redis_errors
 from gateway.dispatch import Dispatcher
-from gateway.errors import JobNotCancelable, UnknownJob
+from gateway.errors import JobNotCancelable, JobRunning, UnknownJob
 
 TERMINAL = {"finished", "failed", "canceled", "stopped"}
 """Statuses after which a job never changes."""
@@ -133,6 +133,19 @@ class JobStore:
                 status=outcome,
             )
         return await self.get(job_id)
+
+    async def delete(self, job_id: str) -> None:
+        """Remove a job and its result: a queued job never runs, an ended one is forgotten;
+        a job a worker holds is refused (cancel is not possible then either)."""
+        data = await self._hash(job_id)
+        outcome = await self.dispatcher.delete_job(job_id, data["origin"])
+        if outcome == "started":
+            raise JobRunning(
+                f"job {job_id!r} is running; delete it once it has ended",
+                status="started",
+            )
+        if outcome != "deleted":
+            raise UnknownJob(f"no job {job_id!r} (unknown or expired)")
 
 
 def wait_param(wait: float | None) -> float:

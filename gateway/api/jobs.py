@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from contract.config import ModelSpec
 from gateway.api.routes import Call, add_model_route, model_endpoint
-from gateway.api.schemas import ERROR_RESPONSES, JobAccepted, JobState, request_model
+from gateway.api.schemas import (
+    ERROR_RESPONSES,
+    ErrorResponse,
+    JobAccepted,
+    JobState,
+    request_model,
+)
 from gateway.cache import CacheMode
 from gateway.deps import JobStoreDep, SpecDep
 from gateway.errors import UnknownModel
@@ -20,7 +26,8 @@ from gateway.validation import prepare
 router = APIRouter(tags=["jobs"])
 
 SUBMIT_DOC = """Queue inference for later: answers 202 at once with the job's id and where to
-poll. Takes up to the model's ``max_job_inputs`` inputs (more than ``/predict`` allows)."""
+poll. A job the response cache answers whole is created finished: 201 with the job's state and
+outputs. Takes up to the model's ``max_job_inputs`` inputs (more than ``/predict`` allows)."""
 
 
 def model_router(spec: ModelSpec) -> APIRouter:
@@ -30,7 +37,7 @@ def model_router(spec: ModelSpec) -> APIRouter:
     async def submit_job(call: Call) -> JSONResponse:
         body = call.body
         work = prepare(spec, body.inputs, body.parameters, spec.max_job_inputs)
-        job_id = await call.inference.submit_job(
+        job_id, finished = await call.inference.submit_job(
             spec,
             work,
             request_id=call.request.state.request_id,
@@ -39,6 +46,9 @@ def model_router(spec: ModelSpec) -> APIRouter:
             priority=body.priority,
         )
         url = f"/jobs/{job_id}"
+        if finished:
+            state = await call.request.app.state.jobs.get(job_id)
+            return JSONResponse(state, status_code=201, headers={"Location": url})
         accepted = JobAccepted(job_id=job_id, status="queued", status_url=url)
         return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": url})
 
@@ -49,7 +59,11 @@ def model_router(spec: ModelSpec) -> APIRouter:
         model_endpoint(request_model(spec, job=True), submit_job),
         status_code=202,
         response_model=JobAccepted,
-        responses={202: {"links": JOB_LINKS}, **ERROR_RESPONSES},
+        responses={
+            201: {"model": JobState, "description": "answered by the cache", "links": JOB_LINKS},
+            202: {"links": JOB_LINKS},
+            **ERROR_RESPONSES,
+        },
         summary=f"queue {spec.task} with {spec.name}",
         description=SUBMIT_DOC,
     )
@@ -67,9 +81,14 @@ JOB_LINKS = {
         "parameters": {"job_id": "$response.body#/job_id"},
         "description": "cancel the job while it is queued",
     },
+    "DeleteJob": {
+        "operationId": "delete_job",
+        "parameters": {"job_id": "$response.body#/job_id"},
+        "description": "remove the job and its result",
+    },
 }
-"""OpenAPI links from an accepted job to reading and canceling it (clients and stateful
-testers follow them)."""
+"""OpenAPI links from a created job to reading, canceling and deleting it (clients and
+stateful testers follow them)."""
 
 fallback = APIRouter()
 
@@ -98,16 +117,34 @@ async def get_job(
     return await store.get(job_id, wait or 0.0)
 
 
-@router.delete(
-    "/jobs/{job_id}",
+@router.post(
+    "/jobs/{job_id}/cancel",
     operation_id="cancel_job",
     response_model=JobState,
     responses={
         404: ERROR_RESPONSES[404],
         422: ERROR_RESPONSES[422],
-        409: {"description": "job already started or ended"},
+        409: {"model": ErrorResponse, "description": "job already started or ended"},
     },
 )
 async def cancel_job(job_id: str, store: JobStoreDep) -> dict[str, Any]:
-    """Cancel a queued job: it will never run. A started or ended job answers 409."""
+    """Cancel a queued job: it will never run, and stays readable as ``canceled`` until it
+    expires. Canceling a canceled job is a no-op; a started or ended job answers 409."""
     return await store.cancel(job_id)
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    operation_id="delete_job",
+    status_code=204,
+    responses={
+        404: ERROR_RESPONSES[404],
+        422: ERROR_RESPONSES[422],
+        409: {"model": ErrorResponse, "description": "a worker is running the job"},
+    },
+)
+async def delete_job(job_id: str, store: JobStoreDep) -> Response:
+    """Remove a job and its result: a queued job never runs, an ended one is gone (then
+    ``GET`` is 404). A job a worker is running answers 409; delete it once it has ended."""
+    await store.delete(job_id)
+    return Response(status_code=204)

@@ -47,6 +47,38 @@ def test_submit_then_wait_gives_the_same_outputs_as_predict(stack: Stack) -> Non
     assert isinstance(out, dict) and "label" in out
 
 
+def cancel(stack: Stack, job_id: str) -> httpx.Response:
+    return httpx.post(f"{stack.url}/jobs/{job_id}/cancel", timeout=30)
+
+
+def test_delete_removes_a_job_and_its_result(stack: Stack, redis_client: Redis) -> None:
+    job_id = submit(stack, "tiny-cls", {"inputs": f"to delete {uuid.uuid4().hex}"}).json()["job_id"]
+    assert get(stack, job_id, wait=30).json()["status"] == "finished"
+    deleted = httpx.delete(f"{stack.url}/jobs/{job_id}")
+    assert deleted.status_code == 204 and not deleted.content
+    gone = get(stack, job_id)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_job"
+    assert not redis_client.exists(f"rq:job:{job_id}", f"rq:results:{job_id}")
+    assert httpx.delete(f"{stack.url}/jobs/{job_id}").status_code == 404
+    with paused_worker(stack, "victim", "victim-delete"):
+        submit(stack, "victim", {"inputs": "taken by the paused worker"})
+        queued = submit(stack, "victim", {"inputs": "still queued"}).json()["job_id"]
+        assert httpx.delete(f"{stack.url}/jobs/{queued}").status_code == 204
+        assert get(stack, queued).status_code == 404
+        assert not redis_client.lpos("rq:queue:mgtest:victim", queued)
+
+
+def test_a_job_the_cache_answers_whole_is_created_finished(stack: Stack) -> None:
+    texts = [f"cached first {uuid.uuid4().hex}", "cached second"]
+    sync = httpx.post(f"{stack.url}/models/tiny-cls/predict", json={"inputs": texts}).json()
+    created = submit(stack, "tiny-cls", {"inputs": texts})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["status"] == "finished" and body["outputs"] == sync["outputs"]
+    assert created.headers["location"] == f"/jobs/{body['job_id']}"
+    assert get(stack, body["job_id"]).json()["outputs"] == sync["outputs"]
+
+
 def test_validation_applies_before_enqueue(stack: Stack) -> None:
     assert submit(stack, "nope", {"inputs": "x"}).status_code == 404
     assert submit(stack, "tiny-cls", {"inputs": 3}).status_code == 422
@@ -76,9 +108,12 @@ def test_queue_position_cancel_and_long_poll_returning_early(
         second_pos = get(stack, second).json()["position"]
         assert first_pos is not None and second_pos is not None
         assert 0 <= first_pos < second_pos
-        canceled = httpx.delete(f"{stack.url}/jobs/{second}")
+        canceled = cancel(stack, second)
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+        assert cancel(stack, second).json()["status"] == "canceled", "cancel is idempotent"
         assert get(stack, second).json()["status"] == "canceled"
+        held = httpx.delete(f"{stack.url}/jobs/{first}")  # the paused worker has taken it
+        assert held.status_code == 409 and held.json()["error"]["code"] == "job_running"
         assert redis_client.ttl(f"rq:job:{second}") > 0  # not kept forever
 
         polled: dict[str, object] = {}
@@ -99,7 +134,7 @@ def test_queue_position_cancel_and_long_poll_returning_early(
         time.sleep(0.5)
         assert jobs_run(redis_client, "victim") == before + 1  # the canceled job never ran
         assert get(stack, second).json()["status"] == "canceled"
-        late = httpx.delete(f"{stack.url}/jobs/{first}")
+        late = cancel(stack, first)
         assert late.status_code == 409 and late.json()["error"]["code"] == "job_not_cancelable"
 
 
