@@ -16,7 +16,7 @@ from contract.jobs import Keys
 from gateway.app import create_app
 from gateway.dispatch import Dispatcher
 from gateway.settings import GatewaySettings
-from tests.conftest import PREFIX, Stack, jobs_run, paused_worker
+from tests.conftest import PREFIX, Stack, jobs_run, paused_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +68,16 @@ def test_delete_removes_a_job_and_its_result(stack: Stack, redis_client: Redis) 
         assert not redis_client.lpos("rq:queue:mgtest:victim", queued)
 
 
+def test_a_running_job_cannot_be_deleted_until_it_ends(stack: Stack) -> None:
+    texts = [f"a running job's input {i} {uuid.uuid4().hex}" for i in range(1500)]
+    job_id = submit(stack, "minilm", {"inputs": texts}).json()["job_id"]
+    wait_until(lambda: get(stack, job_id).json()["status"] != "queued", 30, "the job to start")
+    held = httpx.delete(f"{stack.url}/jobs/{job_id}")
+    assert held.status_code == 409 and held.json()["error"]["code"] == "job_running"
+    assert get(stack, job_id, wait=60).json()["status"] == "finished"
+    assert httpx.delete(f"{stack.url}/jobs/{job_id}").status_code == 204
+
+
 def test_a_job_the_cache_answers_whole_is_created_finished(stack: Stack) -> None:
     texts = [f"cached first {uuid.uuid4().hex}", "cached second"]
     sync = httpx.post(f"{stack.url}/models/tiny-cls/predict", json={"inputs": texts}).json()
@@ -112,8 +122,6 @@ def test_queue_position_cancel_and_long_poll_returning_early(
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
         assert cancel(stack, second).json()["status"] == "canceled", "cancel is idempotent"
         assert get(stack, second).json()["status"] == "canceled"
-        held = httpx.delete(f"{stack.url}/jobs/{first}")  # the paused worker has taken it
-        assert held.status_code == 409 and held.json()["error"]["code"] == "job_running"
         assert redis_client.ttl(f"rq:job:{second}") > 0  # not kept forever
 
         polled: dict[str, object] = {}
