@@ -3,6 +3,7 @@ cache and async jobs per item, the classic ``POST /predict``, and errors that na
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -88,9 +89,9 @@ def test_rerank_sorts_documents_and_caches_each_pair(stack: Stack) -> None:
 
 
 def test_rerank_async_job_is_shaped_like_predict(stack: Stack) -> None:
-    query = {"query": "q", "documents": ["one", "two", "three"]}
+    query = {"query": f"q {uuid.uuid4().hex}", "documents": ["one", "two", "three"]}
     body = {"inputs": query, "parameters": {"top_n": 2, "return_documents": True}}
-    accepted = post(stack, "/models/tiny-rerank/jobs", body)
+    accepted = post(stack, "/models/tiny-rerank/jobs", body)  # new pairs: queued, not cached
     assert accepted.status_code == 202, accepted.text
     url = stack.url + accepted.json()["status_url"]
     state = httpx.get(url, params={"wait": 30}, timeout=60).json()
