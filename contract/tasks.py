@@ -335,7 +335,8 @@ def hypothesis(template: str, label: str) -> str:
 
 
 def item_chars(item: Item) -> int:
-    """Characters of one item, as ``max_chars`` counts them (all its texts together)."""
+    """Characters of one item, all its texts together: how a worker sorts a batch by length
+    (``max_chars`` limits each text on its own)."""
     if isinstance(item, str):
         return len(item)
     return sum(len(v) for v in item.values() if isinstance(v, str))

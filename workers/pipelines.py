@@ -29,7 +29,7 @@ from transformers import FeatureExtractionPipeline, Pipeline, pipeline
 from contract.config import ModelSpec, resolve_source
 from contract.tasks import Item
 from workers.engines import ENGINES
-from workers.engines.base import Engine, mean_pool, to_json, token_limit, too_long
+from workers.engines.base import Engine, check_lengths, mean_pool, to_json, token_limit
 from workers.engines.embedding import finish_embeddings
 from workers.optimize import compile_model, quantize_dynamic_int8
 from workers.tasks import Group
@@ -153,18 +153,10 @@ class PipelineEngine:
     def max_tokens(self) -> int:
         return token_limit(self.pipe.tokenizer, self.pipe.model.config)
 
-    def _check_lengths(self, inputs: list[str]) -> None:
-        """With truncation off, refuse an input the model cannot take before running it."""
-        tokenizer = self.pipe.tokenizer
-        assert tokenizer is not None
-        lengths = [len(ids) for ids in tokenizer(inputs)["input_ids"]]
-        if max(lengths, default=0) > self.max_tokens:
-            raise too_long(self.spec.name, max(lengths), self.max_tokens)
-
     def __call__(self, items: list[Item], params: dict[str, Any]) -> list[Any]:
         inputs = [str(item) for item in items]
         if not self.spec.truncation:
-            self._check_lengths(inputs)
+            check_lengths(self.pipe.tokenizer, inputs, self.spec.name, self.max_tokens)
         batch = min(len(inputs), self.spec.max_batch_size)
         if self.spec.task == "feature-extraction":
             return self._embed(inputs, batch, params)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -63,6 +63,31 @@ def mean_pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The mean of each row's token vectors over its attention mask (padding never counts)."""
     weights = mask.unsqueeze(-1).to(tokens.dtype)
     return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def sorted_chunks(
+    entries: Sequence[Any],
+    size: int,
+    length: Callable[[Any], int],
+    forward: Callable[[list[Any]], torch.Tensor],
+) -> torch.Tensor:
+    """``forward`` over chunks of at most ``size`` entries of similar ``length`` (chunks of
+    similar length waste less compute on padding); the rows come back in entry order."""
+    if len(entries) <= size:
+        return forward(list(entries))
+    order = sorted(range(len(entries)), key=lambda i: length(entries[i]))
+    chunks = [order[k : k + size] for k in range(0, len(order), size)]
+    rows = torch.cat([forward([entries[i] for i in c]) for c in chunks])
+    restore = torch.tensor(order).argsort()
+    return rows[restore.to(rows.device)]
+
+
+def check_lengths(tokenizer: Any, texts: list[str], name: str, limit: int) -> None:
+    """Refuse, before running it, an input with more tokens than the model takes (for a model
+    whose truncation is off)."""
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    if max(lengths, default=0) > limit:
+        raise too_long(name, max(lengths), limit)
 
 
 def to_json(value: Any) -> Any:
@@ -116,12 +141,16 @@ class TaskEngine:
     def max_tokens(self) -> int:
         return self._max_tokens
 
-    def __call__(self, items: list[Item], params: dict[str, Any]) -> list[Any]:
+    def check_params(self, params: dict[str, Any]) -> None:
+        """A worker re-checks names: a job in Redis may carry anything."""
         unknown = set(params) - self.accepts
         if unknown:
             raise ValueError(
                 f"parameters not accepted by {self.task}: {', '.join(sorted(unknown))}"
             )
+
+    def __call__(self, items: list[Item], params: dict[str, Any]) -> list[Any]:
+        self.check_params(params)
         if not items:
             return []
         with torch.inference_mode():
@@ -136,15 +165,9 @@ class TaskEngine:
 
     def _rows(self, items: list[Item], params: dict[str, Any]) -> torch.Tensor:
         """One float32 row per item, in item order, from length-sorted chunks of
-        ``max_batch_size`` (chunks of similar length waste less compute on padding)."""
+        ``max_batch_size``."""
         size = self.spec.max_batch_size
-        if len(items) <= size:
-            return self._forward(items, params)
-        order = sorted(range(len(items)), key=lambda i: item_chars(items[i]))
-        chunks = [order[k : k + size] for k in range(0, len(order), size)]
-        rows = torch.cat([self._forward([items[i] for i in c], params) for c in chunks])
-        restore = torch.tensor(order).argsort()
-        return rows[restore.to(rows.device)]
+        return sorted_chunks(items, size, item_chars, lambda chunk: self._forward(chunk, params))
 
     def _forward(self, items: list[Item], params: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
@@ -195,11 +218,8 @@ class TaskEngine:
 
     def check_lengths(self, texts: list[str]) -> None:
         """With truncation off, refuse an input the model cannot take before running it."""
-        if self.spec.truncation:
-            return
-        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
-        if max(lengths, default=0) > self.max_tokens:
-            raise too_long(self.spec.name, max(lengths), self.max_tokens)
+        if not self.spec.truncation:
+            check_lengths(self.tokenizer, texts, self.spec.name, self.max_tokens)
 
     def warm_up_input(self) -> Group:
         """One small request the task takes, run once before the worker announces itself."""

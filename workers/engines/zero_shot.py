@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from contract.tasks import Item, ZeroShotParams, hypothesis
+from workers.engines.base import sorted_chunks
 from workers.engines.classification import SequenceScorer
 from workers.tasks import Group
 
@@ -33,11 +34,8 @@ class ZeroShotEngine(SequenceScorer):
         return ["modelgate warm-up"], {"candidate_labels": ["ready", "loading"]}
 
     def run_groups(self, groups: Sequence[Group]) -> list[list[Any]]:
-        unknown = {k for _, params in groups for k in params} - self.accepts
-        if unknown:
-            raise ValueError(
-                f"parameters not accepted by {self.task}: {', '.join(sorted(unknown))}"
-            )
+        for _, params in groups:
+            self.check_params(params)
         pairs = [
             (str(text), self._hypothesis(params, label))
             for items, params in groups
@@ -66,16 +64,12 @@ class ZeroShotEngine(SequenceScorer):
         return hypothesis(str(params.get("hypothesis_template", DEFAULT_TEMPLATE)), label)
 
     def _pair_logits(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
+        def forward(chunk: list[tuple[str, str]]) -> torch.Tensor:
+            premises, hypotheses = (list(side) for side in zip(*chunk, strict=True))
+            return self.logits(self.encode(premises, hypotheses, strategy="only_first"))
+
         size = self.spec.max_batch_size
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-        chunks = [order[k : k + size] for k in range(0, len(order), size)]
-        rows = []
-        for chunk in chunks:
-            premises = [pairs[i][0] for i in chunk]
-            hypotheses = [pairs[i][1] for i in chunk]
-            rows.append(self.logits(self.encode(premises, hypotheses, strategy="only_first")))
-        restore = torch.tensor(order).argsort()
-        return torch.cat(rows)[restore.to(self.device)]
+        return sorted_chunks(pairs, size, lambda pair: len(pair[0]) + len(pair[1]), forward)
 
     def _scores(
         self, text: str, labels: list[str], logits: np.ndarray, params: dict[str, Any]
