@@ -287,13 +287,13 @@ def worker_parameters(task: str, params: dict[str, Any]) -> dict[str, Any]:
     return dict(params) if keep is None else {k: v for k, v in params.items() if k in keep}
 
 
-def expand(task: str, inputs: list[Any]) -> list[Item]:
-    """The work items of a request's inputs (validated models become plain JSON)."""
-    plain = [i.model_dump() if isinstance(i, BaseModel) else i for i in inputs]
+def expand(task: str, inputs: list[Item]) -> list[Item]:
+    """The work items of a request's inputs (plain JSON)."""
     if task == "rerank":
-        query = plain[0]
+        query = inputs[0]
+        assert isinstance(query, dict)
         return [{"query": query["query"], "document": d} for d in query["documents"]]
-    return plain
+    return inputs
 
 
 def shape(task: str, items: list[Item], outputs: list[Any], params: dict[str, Any]) -> list[Any]:

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from contract.config import Registry, load_registry
 from contract.jobs import Keys
 from contract.logs import configure_logging
-from gateway.api import jobs, models, predict, service
+from gateway.api import jobs, models, predict, routes, service
+from gateway.api.schemas import model_schemas
 from gateway.api.service import VERSION
 from gateway.auth import ApiKeyMiddleware, load_key_hashes
 from gateway.cache import ResponseCache
@@ -55,6 +56,8 @@ def create_app(
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = Metrics()
+    # Built once: a model's schemas are a pydantic model build (about 1 ms), not per request.
+    app.state.model_schemas = {spec.name: model_schemas(spec) for spec in registry.models}
     if dispatcher is not None:
         _attach(app, dispatcher, settings)
     install_error_handlers(app)
@@ -64,8 +67,7 @@ def create_app(
         app.include_router(predict.model_router(spec))
         app.include_router(jobs.model_router(spec))
     app.include_router(predict.classic_router(registry))
-    app.include_router(predict.fallback)
-    app.include_router(jobs.fallback)
+    app.include_router(routes.fallback)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     hashes = load_key_hashes(settings.api_keys, settings.api_keys_file)
     if hashes:

@@ -26,7 +26,9 @@ class Work:
 def prepare(spec: ModelSpec, inputs: Any, parameters: Any, max_inputs: int) -> Work:
     """Validate ``inputs`` (already typed by the model's request schema) and ``parameters``."""
     single = not isinstance(inputs, list)
-    given = [inputs] if single else list(inputs)
+    given = [
+        i.model_dump() if isinstance(i, BaseModel) else i for i in ([inputs] if single else inputs)
+    ]
     if not given:
         raise InvalidInput("inputs: give at least one input")
     params = check_parameters(spec, parameters)
@@ -48,8 +50,6 @@ def _texts(value: Any, where: str) -> list[tuple[str, str]]:
     """Every string in one input, with its path in the request."""
     if isinstance(value, str):
         return [(where, value)]
-    if isinstance(value, BaseModel):
-        value = value.model_dump()
     if isinstance(value, dict):
         return [p for k, v in value.items() for p in _texts(v, f"{where}.{k}")]
     if isinstance(value, list):
@@ -70,12 +70,15 @@ def _check_text(spec: ModelSpec, where: str, text: str) -> None:
 
 
 def check_parameters(spec: ModelSpec, params: Any) -> dict[str, Any]:
+    """The parameters the client set: as the model's typed body already validated them, or
+    (a plain dict) validated here; then the ``dimensions`` this model offers."""
     if isinstance(params, BaseModel):
-        params = params.model_dump(exclude_unset=True, exclude_none=True)
-    try:
-        checked = validate_parameters(spec.task, params)
-    except ParameterError as err:
-        raise InvalidInput(str(err), problems=err.problems) from None
+        checked = params.model_dump(exclude_unset=True, exclude_none=True)
+    else:
+        try:
+            checked = validate_parameters(spec.task, params)
+        except ParameterError as err:
+            raise InvalidInput(str(err), problems=err.problems) from None
     dimensions = checked.get("dimensions")
     if dimensions is not None and dimensions not in (spec.matryoshka_dimensions or []):
         allowed = spec.matryoshka_dimensions

@@ -18,8 +18,7 @@ from gateway.api.schemas import (
     request_model,
 )
 from gateway.cache import CacheMode
-from gateway.deps import JobStoreDep, SpecDep
-from gateway.errors import UnknownModel
+from gateway.deps import JobStoreDep
 from gateway.jobs import MAX_WAIT_S
 from gateway.validation import prepare
 
@@ -89,14 +88,6 @@ JOB_LINKS = {
 }
 """OpenAPI links from a created job to reading, canceling and deleting it (clients and
 stateful testers follow them)."""
-
-fallback = APIRouter()
-
-
-@fallback.post("/models/{name}/jobs", include_in_schema=False)
-async def unknown_model(spec: SpecDep) -> None:
-    """Reached only for a name with no route of its own: answers 404 unknown_model."""
-    raise UnknownModel(f"no model named {spec.name!r}")
 
 
 @router.get(

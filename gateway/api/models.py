@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from contract.config import ModelSpec
-from gateway.api.schemas import ERROR_RESPONSES, ModelInfo, WorkerInfo, model_schemas
+from gateway.api.schemas import ERROR_RESPONSES, ModelInfo, ModelSchemas, WorkerInfo
 from gateway.deps import DispatcherDep, RegistryDep, SpecDep
 from gateway.dispatch import Dispatcher
 
@@ -13,7 +13,7 @@ router = APIRouter(tags=["models"])
 
 
 async def describe(
-    spec: ModelSpec, dispatcher: Dispatcher, with_workers: bool = False
+    spec: ModelSpec, dispatcher: Dispatcher, schemas: ModelSchemas, with_workers: bool = False
 ) -> ModelInfo:
     load = await dispatcher.admission.load(spec.name)
     workers = None
@@ -32,15 +32,18 @@ async def describe(
         max_chars=spec.max_chars,
         max_batch_size=spec.max_batch_size,
         timeout_s=spec.timeout_s,
-        schemas=model_schemas(spec),
+        schemas=schemas,
         workers=workers,
     )
 
 
 @router.get("/models", response_model=list[ModelInfo])
-async def list_models(registry: RegistryDep, dispatcher: DispatcherDep) -> list[ModelInfo]:
+async def list_models(
+    registry: RegistryDep, dispatcher: DispatcherDep, request: Request
+) -> list[ModelInfo]:
     """Every model in models.yaml with its live workers and queue depth."""
-    return [await describe(spec, dispatcher) for spec in registry.models]
+    schemas = request.app.state.model_schemas
+    return [await describe(spec, dispatcher, schemas[spec.name]) for spec in registry.models]
 
 
 @router.get(
@@ -48,6 +51,7 @@ async def list_models(registry: RegistryDep, dispatcher: DispatcherDep) -> list[
     response_model=ModelInfo,
     responses={404: ERROR_RESPONSES[404], 422: ERROR_RESPONSES[422]},
 )
-async def get_model(spec: SpecDep, dispatcher: DispatcherDep) -> ModelInfo:
+async def get_model(spec: SpecDep, dispatcher: DispatcherDep, request: Request) -> ModelInfo:
     """One model: configuration, live workers (device, weights fingerprint), queue depth."""
-    return await describe(spec, dispatcher, with_workers=True)
+    schemas = request.app.state.model_schemas[spec.name]
+    return await describe(spec, dispatcher, schemas, with_workers=True)

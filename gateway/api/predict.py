@@ -20,8 +20,6 @@ from gateway.api.schemas import (
     response_model,
 )
 from gateway.cache import CacheMode
-from gateway.deps import SpecDep
-from gateway.errors import UnknownModel
 from gateway.validation import prepare
 
 TIMING_HEADERS = (("queue_ms", "X-Queue-Time-Ms"), ("inference_ms", "X-Inference-Time-Ms"))
@@ -70,14 +68,6 @@ def model_router(spec: ModelSpec) -> APIRouter:
 PREDICT_DOC = """Run the model on ``inputs`` and wait for the result (up to the model's
 ``timeout_s``). Items already in the response cache are not recomputed
 (``X-Cache: hit | partial | miss``)."""
-
-fallback = APIRouter()
-
-
-@fallback.post("/models/{name}/predict", include_in_schema=False)
-async def unknown_model(spec: SpecDep) -> None:
-    """Reached only for a name with no route of its own: answers 404 unknown_model."""
-    raise UnknownModel(f"no model named {spec.name!r}")
 
 
 def classic_router(registry: Registry) -> APIRouter:

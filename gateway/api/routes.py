@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from contract.config import ModelSpec
-from gateway.deps import CacheControl, InferenceDep, SettingsDep
+from gateway.deps import CacheControl, InferenceDep, SettingsDep, SpecDep
+from gateway.errors import UnknownModel
 from gateway.inference import Inference
 from gateway.settings import GatewaySettings
 
@@ -68,3 +69,14 @@ def label(router: APIRouter, spec: ModelSpec, template: str) -> None:
     route = router.routes[-1]
     route.template = template  # type: ignore[attr-defined]
     route.model = spec.name  # type: ignore[attr-defined]
+
+
+fallback = APIRouter()
+
+
+@fallback.post("/models/{name}/predict", include_in_schema=False)
+@fallback.post("/models/{name}/jobs", include_in_schema=False)
+async def unknown_model(spec: SpecDep) -> None:
+    """Reached only for a name with no route of its own: ``SpecDep`` answers 404
+    unknown_model; a known name never gets here (its own route comes first)."""
+    raise UnknownModel(f"no model named {spec.name!r}")
