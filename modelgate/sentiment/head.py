@@ -6,6 +6,8 @@ with no corpus and no training. ``head.safetensors`` and ``report.json`` here ar
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,16 @@ def save_head(model: Any, path: Path) -> None:
     save_file(head_tensors(model), str(path))
 
 
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A sibling ``.partial`` folder to write into, renamed to ``out`` once the block
+    completes: ``out`` never appears half written."""
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    yield staging
+    staging.rename(out)
+
+
 def build(out: Path, *, encoder: Path | None = None, head: Path = HEAD_FILE) -> Path:
     """The served model folder: the encoder with the trained head, saved with its tokenizer
     and a copy of the training report."""
@@ -57,13 +69,11 @@ def build(out: Path, *, encoder: Path | None = None, head: Path = HEAD_FILE) -> 
     model, tokenizer = load_classifier(encoder, seed=0)
     missing = model.load_state_dict(weights, strict=False)
     assert not missing.unexpected_keys, missing
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    save_folder(model, tokenizer, staging)
-    report = head.with_name("report.json")
-    if report.is_file():
-        (staging / "report.json").write_text(report.read_text())
-    staging.rename(out)
+    with staged(out) as staging:
+        save_folder(model, tokenizer, staging)
+        report = head.with_name("report.json")
+        if report.is_file():
+            (staging / "report.json").write_text(report.read_text())
     return out
 
 

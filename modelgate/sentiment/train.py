@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ from modelgate.sentiment.corpus import (
     scores,
     stratified_split,
 )
-from modelgate.sentiment.head import save_head
+from modelgate.sentiment.head import save_head, staged
 
 
 def train(
@@ -56,13 +55,11 @@ def train(
         f"{deduped.conflicting} conflicting texts dropped); "
         f"train {len(split.train)}, validation {len(split.validation)}, test {len(split.test)}"
     )
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
     report = _provenance(corpus, deduped, split, seed, encoder)
-    report |= _fit_and_save(split, encoder, staging, seed=seed, say=say)
-    report["seconds"]["total"] = round(time.monotonic() - started, 1)
-    (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    staging.rename(out)
+    with staged(out) as staging:
+        report |= _fit_and_save(split, encoder, staging, seed=seed, say=say)
+        report["seconds"]["total"] = round(time.monotonic() - started, 1)
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
