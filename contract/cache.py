@@ -11,6 +11,20 @@ import hashlib
 import json
 from typing import Any
 
+LAYOUT = "2"
+"""How an entry is laid out (hashed into every key): an entry of an older layout is never read."""
+
+
+def entry(output: Any, tokens: int) -> str:
+    """One cached output with the tokens its input took (usage counts them on a hit too)."""
+    return json.dumps([tokens, output])
+
+
+def read_entry(raw: bytes | str) -> tuple[Any, int]:
+    """``(output, tokens)`` of an entry written by :func:`entry`."""
+    tokens, output = json.loads(raw)
+    return output, int(tokens)
+
 
 def params_key(params: dict[str, Any]) -> str:
     """Canonical JSON of task parameters: equal parameters, equal text."""
@@ -28,7 +42,7 @@ def item_key(
 ) -> str:
     """Redis key of one cached output."""
     digest = hashlib.sha256()
-    for part in (fingerprint, params_key(params), item_text(item)):
+    for part in (LAYOUT, fingerprint, params_key(params), item_text(item)):
         digest.update(part.encode("utf-8"))
         digest.update(b"\x00")
     return f"{prefix}:cache:{model}:{digest.hexdigest()}"

@@ -120,11 +120,14 @@ def job_result(
     inference_ms: float,
     batch_items: int,
     queue_ms: float = 0.0,
+    tokens: list[int] | None = None,
 ) -> dict[str, Any]:
     """A predict job's return value, as RQ stores it in the job's result stream. ``queue_ms`` is
-    from enqueue (gateway clock) to start (worker clock)."""
+    from enqueue (gateway clock) to start (worker clock); ``tokens`` counts each input's tokens
+    by the model's tokenizer."""
     return {
         "outputs": outputs,
+        "tokens": tokens if tokens is not None else [0] * len(outputs),
         "fingerprint": fingerprint,
         "inference_ms": round(inference_ms, 3),
         "queue_ms": round(queue_ms, 3),

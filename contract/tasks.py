@@ -21,6 +21,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, V
 Item = str | dict[str, Any]
 """One unit of work for a worker, and one response-cache entry."""
 
+TOKEN_IDS = "token_ids"
+"""The key of an embedding input given as token ids (``{"token_ids": [101, ...]}``) rather
+than text, as OpenAI's embeddings API allows; the ids are the model's own vocabulary."""
+
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
 
 
@@ -335,8 +339,8 @@ def hypothesis(template: str, label: str) -> str:
 
 
 def item_chars(item: Item) -> int:
-    """Characters of one item, all its texts together: how a worker sorts a batch by length
-    (``max_chars`` limits each text on its own)."""
+    """Characters of one item, all its texts together (a token-id input: its length): how a
+    worker sorts a batch by length (``max_chars`` limits each text on its own)."""
     if isinstance(item, str):
         return len(item)
-    return sum(len(v) for v in item.values() if isinstance(v, str))
+    return sum(len(v) for v in item.values() if isinstance(v, str | list))

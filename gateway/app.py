@@ -10,13 +10,13 @@ from fastapi import FastAPI
 from contract.config import Registry, load_registry
 from contract.jobs import Keys
 from contract.logs import configure_logging
-from gateway.api import jobs, models, predict, routes, service
+from gateway.api import jobs, models, openai_compat, predict, routes, service
 from gateway.api.schemas import model_schemas
 from gateway.api.service import VERSION
 from gateway.auth import ApiKeyMiddleware, load_key_hashes
 from gateway.cache import ResponseCache
 from gateway.dispatch import Dispatcher
-from gateway.errors import install_error_handlers
+from gateway.errors import ErrorDialects, install_error_handlers
 from gateway.inference import Inference
 from gateway.jobs import JobStore
 from gateway.metrics import Metrics
@@ -60,18 +60,21 @@ def create_app(
     app.state.model_schemas = {spec.name: model_schemas(spec) for spec in registry.models}
     if dispatcher is not None:
         _attach(app, dispatcher, settings)
+    dialects = ErrorDialects()
+    dialects.add("/v1/", openai_compat.openai_error)
+    app.state.error_dialects = dialects
     install_error_handlers(app)
-    for router in (service.router, models.router, jobs.router):
+    for router in (service.router, models.router, jobs.router, openai_compat.router):
         app.include_router(router)
     for spec in registry.models:
         app.include_router(predict.model_router(spec))
         app.include_router(jobs.model_router(spec))
     app.include_router(predict.classic_router(registry))
     app.include_router(routes.fallback)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, dialects=dialects)
     hashes = load_key_hashes(settings.api_keys, settings.api_keys_file)
     if hashes:
-        app.add_middleware(ApiKeyMiddleware, hashes=hashes)
+        app.add_middleware(ApiKeyMiddleware, hashes=hashes, dialects=dialects)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app
 

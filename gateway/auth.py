@@ -14,7 +14,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import Unauthorized, error_response
+from gateway.errors import NATIVE, ErrorDialects, Unauthorized, error_response
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 """Probes stay reachable without a key: orchestrators call them."""
@@ -43,9 +43,12 @@ def load_key_hashes(inline: str, file: str | None) -> frozenset[str]:
 class ApiKeyMiddleware:
     """Answers 401 ``unauthorized`` unless the request carries a configured key."""
 
-    def __init__(self, app: ASGIApp, hashes: frozenset[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, hashes: frozenset[str], dialects: ErrorDialects = NATIVE
+    ) -> None:
         self.app = app
         self.hashes = tuple(hashes)
+        self.dialects = dialects
 
     def _allowed(self, scope: Scope) -> bool:
         header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
@@ -63,4 +66,4 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         err = Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>'")
-        await error_response(err)(scope, receive, send)
+        await error_response(err, scope["path"], self.dialects)(scope, receive, send)

@@ -6,7 +6,6 @@ cache failure never fails a request: a Redis error during lookup counts as a mis
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from enum import Enum
@@ -15,7 +14,7 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
-from contract.cache import item_key
+from contract.cache import item_key, read_entry
 from contract.tasks import Item
 
 log = logging.getLogger("modelgate.gateway")
@@ -43,10 +42,12 @@ class CacheMode(Enum):
 
 @dataclass(frozen=True)
 class Lookup:
-    """Cached outputs by position (MISSING where absent) and the texts still to compute."""
+    """Cached outputs by position (MISSING where absent), their inputs' tokens (0 where
+    absent), and the positions still to compute."""
 
     outputs: list[Any]
     missing: list[int]
+    tokens: list[int]
 
     @property
     def status(self) -> str:
@@ -71,9 +72,10 @@ class ResponseCache:
         except (RedisError, OSError) as err:
             log.warning("cache lookup failed, serving without the cache: %s", err)
             raw = [None] * len(keys)
-        outputs = [MISSING if r is None else json.loads(r) for r in raw]
-        return Lookup(outputs, [i for i, o in enumerate(outputs) if o is MISSING])
+        found = [(MISSING, 0) if r is None else read_entry(r) for r in raw]
+        missing = [i for i, (o, _) in enumerate(found) if o is MISSING]
+        return Lookup([o for o, _ in found], missing, [n for _, n in found])
 
     @staticmethod
     def miss(texts: list[Item]) -> Lookup:
-        return Lookup([MISSING] * len(texts), list(range(len(texts))))
+        return Lookup([MISSING] * len(texts), list(range(len(texts))), [0] * len(texts))

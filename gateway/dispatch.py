@@ -277,6 +277,7 @@ class Dispatcher:
         spec: ModelSpec,
         payload: JobPayload,
         outputs: list[Any],
+        tokens: list[int],
         meta: dict[str, Any],
         ttl_s: int,
     ) -> str:
@@ -298,7 +299,7 @@ class Dispatcher:
         recorder = self.sync.pipeline(transaction=False)
         job.set_status(JobStatus.FINISHED, pipeline=recorder)
         job.save(pipeline=recorder)
-        result = job_result(outputs, "cache", 0.0, 0)
+        result = job_result(outputs, "cache", 0.0, 0, tokens=tokens)
         Result.create(job, Result.Type.SUCCESSFUL, ttl_s, return_value=result, pipeline=recorder)
         recorder.expire(job.key, ttl_s)
         commands = list(recorder.command_stack)

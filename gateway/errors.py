@@ -10,6 +10,7 @@ server-side failures are logged, never shown.
     ├── JobRunning              409 job_running
     ├── PayloadTooLarge         413 payload_too_large
     ├── InvalidInput            422 invalid_input
+    ├── WrongTask               400 wrong_task          (a model of another task)
     ├── Overloaded              429 overloaded          (Retry-After)
     ├── InferenceFailed         500 inference_failed
     ├── Unauthorized            401 unauthorized        (WWW-Authenticate)
@@ -23,6 +24,7 @@ server-side failures are logged, never shown.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,6 +41,8 @@ class GatewayError(Exception):
 
     status_code = 500
     code = "internal_error"
+    param: str | None = None
+    """The request field at fault, where one is (OpenAI's error body names it)."""
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -72,6 +76,10 @@ class PayloadTooLarge(GatewayError):
 
 class InvalidInput(GatewayError):
     status_code, code = 422, "invalid_input"
+
+
+class WrongTask(GatewayError):
+    status_code, code = 400, "wrong_task"
 
 
 class _RetryLater(GatewayError):
@@ -128,8 +136,52 @@ class MethodNotAllowed(GatewayError):
     status_code, code = 405, "method_not_allowed"
 
 
-def error_response(err: GatewayError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status_code, headers=err.headers)
+Dialect = Callable[[GatewayError], Any]
+"""How one wire format writes an error body (its clients parse that shape)."""
+
+
+class ErrorDialects:
+    """Error bodies by path prefix: ``/v1/`` speaks OpenAI's, the Open Inference Protocol its
+    own; every other path the native ``{"error": {"code", "message"}}``. The status code,
+    ``Retry-After`` and the other headers are the same in every dialect."""
+
+    def __init__(self) -> None:
+        self._dialects: list[tuple[str, Dialect]] = []
+
+    def add(self, prefix: str, dialect: Dialect) -> None:
+        self._dialects.append((prefix, dialect))
+        self._dialects.sort(key=lambda entry: -len(entry[0]))  # the longest prefix wins
+
+    def body(self, err: GatewayError, path: str) -> Any:
+        for prefix, dialect in self._dialects:
+            if path.startswith(prefix):
+                return dialect(err)
+        return err.body()
+
+
+NATIVE = ErrorDialects()
+"""No dialects: the native body everywhere."""
+
+
+def error_response(
+    err: GatewayError, path: str = "", dialects: ErrorDialects = NATIVE
+) -> JSONResponse:
+    body = dialects.body(err, path)
+    return JSONResponse(body, status_code=err.status_code, headers=err.headers)
+
+
+def _respond(request: Request, err: GatewayError) -> JSONResponse:
+    dialects: ErrorDialects = getattr(request.app.state, "error_dialects", NATIVE)
+    return error_response(err, request.url.path, dialects)
+
+
+def _param(err: RequestValidationError) -> str | None:
+    """The first invalid field's path in the body (OpenAI's error names it as ``param``)."""
+    for e in err.errors():
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        if loc:
+            return ".".join(loc)
+    return None
 
 
 def _validation_message(err: RequestValidationError) -> tuple[str, list[str]]:
@@ -142,17 +194,19 @@ def _validation_message(err: RequestValidationError) -> tuple[str, list[str]]:
     ), problems
 
 
-async def _on_gateway_error(_: Request, err: Exception) -> JSONResponse:
+async def _on_gateway_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, GatewayError)
     if err.status_code >= 500:
         log.warning("%s: %s", err.code, err.message)
-    return error_response(err)
+    return _respond(request, err)
 
 
-async def _on_validation_error(_: Request, err: Exception) -> JSONResponse:
+async def _on_validation_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, RequestValidationError)
     message, problems = _validation_message(err)
-    return error_response(InvalidInput(message, problems=problems))
+    invalid = InvalidInput(message, problems=problems)
+    invalid.param = _param(err)
+    return _respond(request, invalid)
 
 
 def _allowed_methods(request: Request) -> str:
@@ -169,21 +223,21 @@ async def _on_http_error(request: Request, err: Exception) -> JSONResponse:
     if err.status_code == 405:
         not_allowed = MethodNotAllowed("method not allowed on this path")
         not_allowed.headers["Allow"] = _allowed_methods(request)
-        return error_response(not_allowed)
+        return _respond(request, not_allowed)
     if err.status_code == 400:
-        return error_response(InvalidInput("the request body could not be read as JSON"))
+        return _respond(request, InvalidInput("the request body could not be read as JSON"))
     if err.status_code == 413:
-        return error_response(PayloadTooLarge("request body is too large"))
+        return _respond(request, PayloadTooLarge("request body is too large"))
     if err.status_code == 404:
-        return error_response(NotFound("no such path; see /docs for the API"))
+        return _respond(request, NotFound("no such path; see /docs for the API"))
     generic = GatewayError(str(err.detail))
     generic.status_code, generic.code = err.status_code, "http_error"
-    return error_response(generic)
+    return _respond(request, generic)
 
 
-async def _on_unexpected(_: Request, err: Exception) -> JSONResponse:
+async def _on_unexpected(request: Request, err: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=err)
-    return error_response(GatewayError("internal error; see the gateway's log"))
+    return _respond(request, GatewayError("internal error; see the gateway's log"))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -26,6 +26,8 @@ class Prediction:
     """The outputs of one request and how they were obtained."""
 
     outputs: list[Any]
+    tokens: list[int]
+    """Each item's tokens by the model's tokenizer (what usage reports)."""
     cache: str = "miss"
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -76,7 +78,7 @@ class Inference:
             meta["shape"] = stored
         if not lookup.missing:
             stored_id = await self.dispatcher.store_finished(
-                spec, payload, lookup.outputs, meta, job_ttl_s
+                spec, payload, lookup.outputs, lookup.tokens, meta, job_ttl_s
             )
             return stored_id, True
         job_id = await self.dispatcher.submit(spec, payload, meta=meta, result_ttl_s=job_ttl_s)
@@ -95,7 +97,7 @@ class Inference:
         # unless evicted since; then compute them again, alone.
         again = await self.cache.lookup(spec.name, fingerprint, params, texts)
         if not again.missing:
-            return {"outputs": again.outputs}
+            return {"outputs": again.outputs, "tokens": again.tokens}
         return await self.dispatcher.run(spec, payload)
 
     async def predict(
@@ -119,7 +121,7 @@ class Inference:
             hits = len(inputs) - len(lookup.missing)
             self.metrics.observe_cache(spec.name, hits, len(lookup.missing))
         if not lookup.missing:
-            return Prediction(lookup.outputs, "hit")
+            return Prediction(lookup.outputs, lookup.tokens, "hit")
         todo = [inputs[i] for i in lookup.missing]
         cache_ttl = spec.cache_ttl_s if use_cache else 0
         payload = JobPayload(todo, params, deadline, request_id, cache_ttl, priority)
@@ -128,12 +130,13 @@ class Inference:
             result = await self._shared(spec, payload, fingerprint)
         else:
             result = await self.dispatcher.run(spec, payload)
-        outputs = list(lookup.outputs)
-        for i, out in zip(lookup.missing, result["outputs"], strict=True):
-            outputs[i] = out
+        outputs, tokens = list(lookup.outputs), list(lookup.tokens)
+        computed = result.get("tokens") or [0] * len(todo)
+        for i, out, n in zip(lookup.missing, result["outputs"], computed, strict=True):
+            outputs[i], tokens[i] = out, n
         assert all(o is not MISSING for o in outputs)
         timings: dict[str, float] = {
             k: float(result[k]) for k in ("queue_ms", "inference_ms") if k in result
         }
         self.metrics.observe_job(spec.name, timings.get("queue_ms"), timings.get("inference_ms"))
-        return Prediction(outputs, lookup.status if use_cache else "miss", timings)
+        return Prediction(outputs, tokens, lookup.status if use_cache else "miss", timings)

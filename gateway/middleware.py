@@ -10,7 +10,7 @@ import uuid
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import PayloadTooLarge, error_response
+from gateway.errors import NATIVE, ErrorDialects, PayloadTooLarge, error_response
 from gateway.metrics import Metrics
 
 log = logging.getLogger("modelgate.access")
@@ -26,9 +26,10 @@ class _TooLarge(StarletteHTTPException):
 class BodyLimitMiddleware:
     """Answers 413 ``payload_too_large`` for a body over ``max_bytes``, declared or streamed."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, dialects: ErrorDialects = NATIVE) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.dialects = dialects
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,7 +63,7 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         err = PayloadTooLarge(f"request body is larger than {self.max_bytes} bytes")
-        await error_response(err)(scope, receive, send)
+        await error_response(err, scope["path"], self.dialects)(scope, receive, send)
 
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -105,9 +106,14 @@ class RequestContextMiddleware:
 
     def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
         route = scope.get("route")
-        # A model's own routes carry the generic path and their model (see gateway.api.predict).
+        # A model's own routes carry the generic path and their model (see gateway.api.routes);
+        # a wire format that names the model in its body sets it in the request's state.
         endpoint = str(getattr(route, "template", None) or getattr(route, "path", "unmatched"))
-        model = str(getattr(route, "model", None) or scope.get("path_params", {}).get("name", "-"))
+        model = str(
+            getattr(route, "model", None)
+            or scope["state"].get("model")
+            or scope.get("path_params", {}).get("name", "-")
+        )
         self.metrics.observe_request(model, endpoint, status, seconds)
         log.info(
             "%s %r %d %.1f ms",

@@ -11,7 +11,6 @@ one Redis pipeline before and one after, instead of several round trips per job.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -27,7 +26,7 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from contract.cache import item_key
+from contract.cache import entry, item_key
 from contract.jobs import ERROR_META_KEY, Keys, is_oom, is_sync, job_result
 from workers.replies import Replier
 from workers.tasks import InferenceError, JobLike, Outcome, Runner, run_jobs
@@ -332,7 +331,12 @@ class BatchingWorker(SimpleWorker):
                         self._reply_failure(job, execution, outcome.error, pipe)
                     continue
                 value = job_result(
-                    outcome.value, self.fingerprint, elapsed_ms, items, _queue_ms(job)
+                    outcome.value,
+                    self.fingerprint,
+                    elapsed_ms,
+                    items,
+                    _queue_ms(job),
+                    outcome.tokens,
                 )
                 self._record_success(job, execution, value, pipe)
             pipe.hincrby(self.keys.stats(self.model), "batches", 1)
@@ -372,11 +376,12 @@ class BatchingWorker(SimpleWorker):
                 continue
             if not self.fingerprint:
                 continue
-            for text, output in zip(payload.inputs, outcome.value, strict=True):
+            tokens = outcome.tokens or [0] * len(outcome.value)
+            for text, output, n in zip(payload.inputs, outcome.value, tokens, strict=True):
                 key = item_key(
                     self.keys.prefix, self.model, self.fingerprint, payload.parameters, text
                 )
-                entries[key] = (json.dumps(output), payload.cache_ttl_s)
+                entries[key] = (entry(output, n), payload.cache_ttl_s)
         if not entries:
             return
         connection = self.cache_connection or self.connection

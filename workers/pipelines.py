@@ -29,10 +29,17 @@ from transformers import FeatureExtractionPipeline, Pipeline, pipeline
 from contract.config import ModelSpec, resolve_source
 from contract.tasks import Item
 from workers.engines import ENGINES
-from workers.engines.base import Engine, check_lengths, mean_pool, to_json, token_limit
+from workers.engines.base import (
+    Engine,
+    check_lengths,
+    count_tokens,
+    mean_pool,
+    to_json,
+    token_limit,
+)
 from workers.engines.embedding import finish_embeddings
 from workers.optimize import compile_model, quantize_dynamic_int8
-from workers.tasks import Group
+from workers.tasks import Group, InvalidItem
 
 log = logging.getLogger("modelgate.worker")
 
@@ -153,7 +160,13 @@ class PipelineEngine:
     def max_tokens(self) -> int:
         return token_limit(self.pipe.tokenizer, self.pipe.model.config)
 
+    def count_tokens(self, items: list[Item]) -> list[int]:
+        cap = self.max_tokens if self.spec.truncation else None
+        return count_tokens(self.pipe.tokenizer, items, cap)
+
     def __call__(self, items: list[Item], params: dict[str, Any]) -> list[Any]:
+        if not all(isinstance(item, str) for item in items):
+            raise InvalidItem("this model takes texts only (token-id inputs need fast_path: true)")
         inputs = [str(item) for item in items]
         if not self.spec.truncation:
             check_lengths(self.pipe.tokenizer, inputs, self.spec.name, self.max_tokens)

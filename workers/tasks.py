@@ -40,6 +40,7 @@ class Runner(Protocol):
     """Whether ``run_groups`` makes one call of groups with different parameters."""
 
     def __call__(self, items: list[Item], params: dict[str, Any]) -> list[Any]: ...
+    def count_tokens(self, items: list[Item]) -> list[int]: ...
     def run_groups(self, groups: Sequence[Group]) -> list[list[Any]]: ...
 
 
@@ -68,6 +69,8 @@ class Outcome:
     value: list[Any] | None = None
     error: InferenceError | None = None
     payload: JobPayload | None = None
+    tokens: list[int] | None = None
+    """Tokens of each input, by the model's tokenizer, once it succeeded."""
 
 
 class InputTooLong(ValueError):
@@ -118,8 +121,33 @@ def _safe_message(err: Exception) -> str:
 
 
 def run_jobs(engine: Runner, jobs: Sequence[JobLike], now: float | None = None) -> list[Outcome]:
-    """Run ``jobs`` with as few engine calls as possible; one Outcome per job, in order."""
-    now = time.time() if now is None else now
+    """Run ``jobs`` with as few engine calls as possible; one Outcome per job, in order, with
+    the tokens of each input of the jobs that succeeded."""
+    outcomes = _run_all(engine, jobs, time.time() if now is None else now)
+    _count_tokens(engine, outcomes)
+    return outcomes
+
+
+def _count_tokens(engine: Runner, outcomes: list[Outcome]) -> None:
+    """One tokenizer call for the whole batch (a fraction of a millisecond for 32 short texts,
+    against tens of milliseconds of forward pass)."""
+    done = [o for o in outcomes if o.value is not None and o.payload is not None]
+    items = [item for o in done for item in o.payload.inputs]  # type: ignore[union-attr]
+    if not items:
+        return
+    try:
+        counts = engine.count_tokens(items)
+    except Exception:
+        log.exception("counting the tokens of %d inputs failed; usage reports 0", len(items))
+        return
+    start = 0
+    for outcome in done:
+        n = len(outcome.payload.inputs)  # type: ignore[union-attr]
+        outcome.tokens = counts[start : start + n]
+        start += n
+
+
+def _run_all(engine: Runner, jobs: Sequence[JobLike], now: float) -> list[Outcome]:
     outcomes: list[Outcome] = [Outcome() for _ in jobs]
     groups: dict[str, list[tuple[int, JobPayload]]] = {}
     for i, job in enumerate(jobs):

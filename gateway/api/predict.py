@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
@@ -25,24 +26,43 @@ from gateway.validation import prepare
 TIMING_HEADERS = (("queue_ms", "X-Queue-Time-Ms"), ("inference_ms", "X-Inference-Time-Ms"))
 
 
-async def run_predict(spec: ModelSpec, call: Call) -> dict[str, Any]:
-    """One validated predict request end to end; the response body as a dict."""
-    body, response = call.body, call.response
-    work = prepare(spec, body.inputs, body.parameters, spec.max_inputs)
+@dataclass(frozen=True)
+class Inferred:
+    """A request's answer: one shaped output per input, and the tokens its inputs took."""
+
+    outputs: list[Any]
+    tokens: int
+    single: bool
+
+
+async def infer(
+    spec: ModelSpec, call: Call, inputs: Any, parameters: Any, priority: str = "low"
+) -> Inferred:
+    """Inputs and parameters (typed by the model's schema, or plain JSON from an adapter)
+    through validation, the cache and the model's workers. Sets ``X-Cache`` and the timing
+    headers on the call's response. Every wire format's sync call comes through here."""
+    work = prepare(spec, inputs, parameters, spec.max_inputs)
     result = await call.inference.predict(
         spec,
         work.items,
         work.params,
         request_id=call.request.state.request_id,
         mode=CacheMode.from_header(call.cache_control),
-        priority=body.priority,
+        priority=priority,
     )
-    response.headers["X-Cache"] = result.cache
+    call.response.headers["X-Cache"] = result.cache
     for key, header in TIMING_HEADERS:
         if key in result.timings:
-            response.headers[header] = f"{result.timings[key]:.1f}"
+            call.response.headers[header] = f"{result.timings[key]:.1f}"
     outputs = shape(spec.task, work.items, result.outputs, work.request_params)
-    return {"model": spec.name, "outputs": outputs[0] if work.single else outputs}
+    return Inferred(outputs, sum(result.tokens), work.single)
+
+
+async def run_predict(spec: ModelSpec, call: Call) -> dict[str, Any]:
+    """One validated predict request end to end; the response body as a dict."""
+    body = call.body
+    out = await infer(spec, call, body.inputs, body.parameters, body.priority)
+    return {"model": spec.name, "outputs": out.outputs[0] if out.single else out.outputs}
 
 
 def model_router(spec: ModelSpec) -> APIRouter:

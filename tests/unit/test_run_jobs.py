@@ -23,12 +23,17 @@ class RecordingEngine:
     group_calls: int = 0
     poison: str = "POISON"
     across_groups: bool = False
+    counted: list[list[Any]] = field(default_factory=list)
 
     def __call__(self, inputs: list[Any], params: dict[str, Any]) -> list[Any]:
         self.calls.append((list(inputs), dict(params)))
         if self.poison in inputs:
             raise ValueError("cannot digest this")
         return [f"{t}|{params.get('top_k', '-')}" for t in inputs]
+
+    def count_tokens(self, inputs: list[Any]) -> list[int]:
+        self.counted.append(list(inputs))
+        return [len(t) for t in inputs]
 
     def run_groups(self, groups: Sequence[tuple[list[Any], dict[str, Any]]]) -> list[list[Any]]:
         self.group_calls += 1
@@ -47,6 +52,14 @@ def test_jobs_with_equal_parameters_share_one_call_and_keep_order() -> None:
     out = run_jobs(engine, jobs)
     assert [o.value for o in out] == [["a|-", "b|-"], ["c|2"], ["d|-"]]
     assert sorted(len(c[0]) for c in engine.calls) == [1, 3]
+
+
+def test_tokens_are_counted_once_per_batch_for_the_jobs_that_succeeded() -> None:
+    engine = RecordingEngine()
+    jobs = [job(0, ["a", "bbb"]), job(1, ["POISON"]), job(2, ["cc"], top_k=2)]
+    out = run_jobs(engine, jobs)
+    assert [o.tokens for o in out] == [[1, 3], None, [2]]
+    assert engine.counted == [["a", "bbb", "cc"]]
 
 
 def test_poisoned_input_fails_only_its_own_job() -> None:

@@ -12,16 +12,17 @@ whose pipeline transformers 5 removed, documents its own reference.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Protocol
 
 import torch
 from transformers import AutoTokenizer, Pipeline, pipeline
 
 from contract.config import ModelSpec
-from contract.tasks import TASKS, Item, item_chars
+from contract.tasks import TASKS, TOKEN_IDS, Item, item_chars
 from workers.tasks import Group, InputTooLong, Runner
 
 log = logging.getLogger("modelgate.worker")
@@ -90,6 +91,31 @@ def check_lengths(tokenizer: Any, texts: list[str], name: str, limit: int) -> No
         raise too_long(name, max(lengths), limit)
 
 
+def count_tokens(tokenizer: Any, items: Sequence[Item], cap: int | None) -> list[int]:
+    """Tokens the model reads for each item, special tokens included (what usage reports): a
+    text alone, an object's two texts as one pair, a token-id input as given; at most ``cap``
+    each when the model cuts long inputs."""
+    counts = [0] * len(items)
+    singles: dict[int, str] = {}
+    pairs: dict[int, tuple[str, str]] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            singles[i] = item
+        elif isinstance(item.get(TOKEN_IDS), list):
+            counts[i] = len(item[TOKEN_IDS])
+        else:
+            texts = [v for v in item.values() if isinstance(v, str)]
+            pairs[i] = (texts[0], texts[1]) if len(texts) > 1 else (texts[0], "")
+    if singles:
+        for i, ids in zip(singles, tokenizer(list(singles.values()))["input_ids"], strict=True):
+            counts[i] = len(ids)
+    if pairs:
+        first, second = zip(*pairs.values(), strict=True)
+        for i, ids in zip(pairs, tokenizer(list(first), list(second))["input_ids"], strict=True):
+            counts[i] = len(ids)
+    return counts if cap is None else [min(n, cap) for n in counts]
+
+
 def to_json(value: Any) -> Any:
     """Plain lists, dicts and floats: RQ's JSON serializer cannot store numpy or torch values."""
     if isinstance(value, dict):
@@ -141,6 +167,12 @@ class TaskEngine:
     def max_tokens(self) -> int:
         return self._max_tokens
 
+    def count_tokens(self, items: list[Item]) -> list[int]:
+        """Each item's tokens, as the model reads them (cut to its limit when truncating)."""
+        return count_tokens(
+            self.tokenizer, items, self.max_tokens if self.spec.truncation else None
+        )
+
     def check_params(self, params: dict[str, Any]) -> None:
         """A worker re-checks names: a job in Redis may carry anything."""
         unknown = set(params) - self.accepts
@@ -186,28 +218,35 @@ class TaskEngine:
         """A padded batch on the model's device; cut to the model's limit when truncation is
         on, refused (:class:`InputTooLong`) when it is off."""
         truncate = self.spec.truncation
-        default_side = self.tokenizer.truncation_side
-        self.tokenizer.truncation_side = side or default_side
         try:
-            encoded = self.tokenizer(
-                texts,
-                pairs,
-                padding=True,
-                truncation=strategy if truncate else False,
-                max_length=self.max_tokens if truncate else None,
-                return_tensors="pt",
-            )
+            with self.cut_from(side):
+                encoded = self.tokenizer(
+                    texts,
+                    pairs,
+                    padding=True,
+                    truncation=strategy if truncate else False,
+                    max_length=self.max_tokens if truncate else None,
+                    return_tensors="pt",
+                )
         except Exception as err:
             if pairs is None or "Truncation error" not in str(err):
                 raise
             # The strategy may cut only one text of a pair; the other alone is over the limit.
             raise self._pair_too_long(pairs) from None
-        finally:
-            self.tokenizer.truncation_side = default_side
         if not truncate and encoded["input_ids"].shape[1] > self.max_tokens:
             longest = int(encoded["attention_mask"].sum(dim=1).max())
             raise too_long(self.spec.name, longest, self.max_tokens)
         return {k: v.to(self.device, non_blocking=True) for k, v in encoded.items()}
+
+    @contextlib.contextmanager
+    def cut_from(self, side: str | None) -> Iterator[None]:
+        """Truncate from ``side`` (``left`` or ``right``; None: the tokenizer's own) inside."""
+        default_side = self.tokenizer.truncation_side
+        self.tokenizer.truncation_side = side or default_side
+        try:
+            yield
+        finally:
+            self.tokenizer.truncation_side = default_side
 
     def _pair_too_long(self, pairs: list[str]) -> InputTooLong:
         longest = max(len(ids) for ids in self.tokenizer(pairs)["input_ids"])

@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForQuestionAnswering
 
 from contract.tasks import Item
-from workers.engines.base import TaskEngine
+from workers.engines.base import TaskEngine, count_tokens
 from workers.tasks import Group, InputTooLong, InvalidItem
 
 MAX_SEQ_LEN = 384
@@ -61,6 +61,10 @@ def best_spans(
 class QuestionAnsweringEngine(TaskEngine):
     task = "question-answering"
     auto_class = AutoModelForQuestionAnswering
+
+    def count_tokens(self, items: list[Item]) -> list[int]:
+        """The question and the whole context: a long context is read in windows, never cut."""
+        return count_tokens(self.tokenizer, items, None)
 
     def warm_up_input(self) -> Group:
         return [{"question": "What is warming up?", "context": "modelgate is warming up."}], {}
