@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from contract.config import Registry, load_registry
 from contract.jobs import Keys
 from contract.logs import configure_logging
-from gateway.api import jobs, models, openai_compat, predict, routes, service
+from gateway.api import jobs, models, oip, openai_compat, predict, rerank, routes, service
 from gateway.api.schemas import model_schemas
 from gateway.api.service import VERSION
 from gateway.auth import ApiKeyMiddleware, load_key_hashes
@@ -62,9 +62,12 @@ def create_app(
         _attach(app, dispatcher, settings)
     dialects = ErrorDialects()
     dialects.add("/v1/", openai_compat.openai_error)
+    dialects.add("/v2/", oip.oip_error)
+    dialects.add("/v2/rerank", rerank.cohere_error)
     app.state.error_dialects = dialects
     install_error_handlers(app)
-    for router in (service.router, models.router, jobs.router, openai_compat.router):
+    adapters = (openai_compat.router, rerank.router, oip.router)
+    for router in (service.router, models.router, jobs.router, *adapters):
         app.include_router(router)
     for spec in registry.models:
         app.include_router(predict.model_router(spec))

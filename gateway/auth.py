@@ -1,4 +1,5 @@
-"""API keys: off unless configured; then every endpoint but /healthz and /readyz needs
+"""API keys: off unless configured; then every endpoint but the probes (/healthz, /readyz and
+the Open Inference Protocol's /v2/health/live|ready) needs
 ``Authorization: Bearer <key>``.
 
 Only SHA-256 hashes of keys are configured (``MODELGATE_API_KEYS``, comma-separated, or
@@ -16,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import NATIVE, ErrorDialects, Unauthorized, error_response
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 """Probes stay reachable without a key: orchestrators call them."""
 
 

@@ -17,12 +17,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from contract.config import ModelSpec, Registry
+from contract.config import ModelSpec
 from contract.tasks import TOKEN_IDS
 from gateway.api.predict import infer
-from gateway.api.routes import Call
+from gateway.api.routes import Call, served
 from gateway.deps import CacheControl, InferenceDep, RegistryDep, SettingsDep
-from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge, UnknownModel, WrongTask
+from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 
@@ -92,22 +92,6 @@ class ModelObject(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelObject]
-
-
-def served(registry: Registry, name: str, task: str | None = None) -> ModelSpec:
-    """The model a body names; 404 when none is served under that name, 400 when it serves
-    another task than the route's."""
-    spec = registry.get(name)
-    if spec is None:
-        known = ", ".join(m.name for m in registry.models)
-        err = UnknownModel(f"no model named {name!r}; served models: {known}")
-        err.param = "model"
-        raise err
-    if task is not None and spec.task != task:
-        wrong = WrongTask(f"model {name!r} serves {spec.task}, and this route needs {task}")
-        wrong.param = "model"
-        raise wrong
-    return spec
 
 
 def _inputs(given: Any) -> Any:

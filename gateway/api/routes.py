@@ -11,9 +11,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from contract.config import ModelSpec
+from contract.config import ModelSpec, Registry
 from gateway.deps import CacheControl, InferenceDep, SettingsDep, SpecDep
-from gateway.errors import UnknownModel
+from gateway.errors import UnknownModel, WrongTask
 from gateway.inference import Inference
 from gateway.settings import GatewaySettings
 
@@ -69,6 +69,22 @@ def label(router: APIRouter, spec: ModelSpec, template: str) -> None:
     route = router.routes[-1]
     route.template = template  # type: ignore[attr-defined]
     route.model = spec.name  # type: ignore[attr-defined]
+
+
+def served(registry: Registry, name: str, task: str | None = None) -> ModelSpec:
+    """The model a body names; 404 when none is served under that name, 400 when it serves
+    another task than the route's."""
+    spec = registry.get(name)
+    if spec is None:
+        known = ", ".join(m.name for m in registry.models)
+        err = UnknownModel(f"no model named {name!r}; served models: {known}")
+        err.param = "model"
+        raise err
+    if task is not None and spec.task != task:
+        wrong = WrongTask(f"model {name!r} serves {spec.task}, and this route needs {task}")
+        wrong.param = "model"
+        raise wrong
+    return spec
 
 
 fallback = APIRouter()
