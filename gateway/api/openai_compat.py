@@ -14,14 +14,14 @@ import struct
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from contract.config import ModelSpec
 from contract.tasks import TOKEN_IDS
 from gateway.api.predict import infer
-from gateway.api.routes import Call, served
-from gateway.deps import CacheControl, InferenceDep, RegistryDep, SettingsDep
+from gateway.api.routes import CallDep, served
+from gateway.deps import RegistryDep
 from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
@@ -115,18 +115,11 @@ def _base64(vector: list[float]) -> str:
     responses={404: {"description": "unknown model"}, 400: {"description": "not an embedder"}},
 )
 async def embeddings(
-    body: EmbeddingsRequest,
-    registry: RegistryDep,
-    inference: InferenceDep,
-    settings: SettingsDep,
-    request: Request,
-    response: Response,
-    cache_control: CacheControl = None,
+    body: EmbeddingsRequest, registry: RegistryDep, call: CallDep
 ) -> EmbeddingsResponse:
     """Vectors for ``input`` from a feature-extraction model, in input order."""
     spec = served(registry, body.model, "feature-extraction")
-    request.state.model = spec.name
-    call = Call(body, inference, settings, request, response, cache_control)
+    call.request.state.model = spec.name
     parameters = {} if body.dimensions is None else {"dimensions": body.dimensions}
     try:
         out = await infer(spec, call, _inputs(body.input), parameters)

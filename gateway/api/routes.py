@@ -7,9 +7,9 @@ body's type in it exists only once the model's schema is built.
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from contract.config import ModelSpec, Registry
 from gateway.deps import CacheControl, InferenceDep, SettingsDep, SpecDep
@@ -31,6 +31,20 @@ class Call:
 
 
 Handler = Callable[[Call], Awaitable[Any]]
+
+
+async def adapter_call(
+    inference: InferenceDep,
+    settings: SettingsDep,
+    request: Request,
+    response: Response,
+    cache_control: CacheControl = None,
+) -> Call:
+    """A wire format's call (its body is typed by its own route and set by its handler)."""
+    return Call(None, inference, settings, request, response, cache_control)
+
+
+CallDep = Annotated[Call, Depends(adapter_call)]
 
 
 def model_endpoint(body_type: Any, handle: Handler) -> Callable[..., Awaitable[Any]]:
