@@ -71,6 +71,14 @@ class Keys:
         """When the reaper first saw a job taken from the queue but not yet started."""
         return f"{self.prefix}:seen:{job_id}"
 
+    def file(self, file_id: str) -> str:
+        """Hash of one uploaded or produced file (Batch API): its content and description."""
+        return f"{self.prefix}:file:{file_id}"
+
+    def batch(self, batch_id: str) -> str:
+        """Hash of one batch (Batch API): its state and its lines' jobs."""
+        return f"{self.prefix}:batch:{batch_id}"
+
     def replies(self, job_id: str) -> str:
         """Set of the inboxes to tell when a job ends (its owner's, and any joiner's)."""
         return f"{self.prefix}:replies:{job_id}"

@@ -10,13 +10,25 @@ from fastapi import FastAPI
 from contract.config import Registry, load_registry
 from contract.jobs import Keys
 from contract.logs import configure_logging
-from gateway.api import jobs, models, oip, openai_compat, predict, rerank, routes, service
+from gateway.api import (
+    batches,
+    jobs,
+    models,
+    oip,
+    openai_compat,
+    predict,
+    rerank,
+    routes,
+    service,
+)
 from gateway.api.schemas import model_schemas
 from gateway.api.service import VERSION
 from gateway.auth import ApiKeyMiddleware, load_key_hashes
+from gateway.batches import BatchStore
 from gateway.cache import ResponseCache
 from gateway.dispatch import Dispatcher
 from gateway.errors import ErrorDialects, install_error_handlers
+from gateway.files import FileStore
 from gateway.inference import Inference
 from gateway.jobs import JobStore
 from gateway.metrics import Metrics
@@ -66,7 +78,7 @@ def create_app(
     dialects.add("/v2/rerank", rerank.cohere_error)
     app.state.error_dialects = dialects
     install_error_handlers(app)
-    adapters = (openai_compat.router, rerank.router, oip.router)
+    adapters = (openai_compat.router, batches.router, rerank.router, oip.router)
     for router in (service.router, models.router, jobs.router, *adapters):
         app.include_router(router)
     for spec in registry.models:
@@ -74,7 +86,12 @@ def create_app(
         app.include_router(jobs.model_router(spec))
     app.include_router(predict.classic_router(registry))
     app.include_router(routes.fallback)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, dialects=dialects)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        dialects=dialects,
+        larger={"/v1/files": max(settings.max_body_bytes, settings.batch_max_file_bytes + 65536)},
+    )
     hashes = load_key_hashes(settings.api_keys, settings.api_keys_file)
     if hashes:
         app.add_middleware(ApiKeyMiddleware, hashes=hashes, dialects=dialects)
@@ -87,6 +104,9 @@ def _attach(app: FastAPI, dispatcher: Dispatcher, settings: GatewaySettings) -> 
     cache = ResponseCache(dispatcher.connections.cache, settings.prefix)
     app.state.inference = Inference(dispatcher, cache, app.state.metrics)
     app.state.jobs = JobStore(dispatcher, settings.job_ttl_s)
+    keys = Keys(settings.prefix)
+    app.state.files = FileStore(dispatcher.conn, keys, settings.job_ttl_s)
+    app.state.batches = BatchStore(dispatcher.conn, keys, app.state.jobs, settings.job_ttl_s)
 
 
 def from_env() -> FastAPI:

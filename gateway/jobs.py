@@ -110,6 +110,10 @@ class JobStore:
         return None if index is None else int(index) + int(n_taken)
 
     async def _outputs(self, job_id: str) -> list[Any]:
+        return list((await self.result(job_id)).get("outputs", []))
+
+    async def result(self, job_id: str) -> dict[str, Any]:
+        """A finished job's return value (``contract.jobs.job_result``: outputs, tokens)."""
         async with redis_errors():
             entries: Any = await self.conn.xrevrange(Result.get_key(job_id), count=1)
         if not entries:
@@ -122,7 +126,17 @@ class JobStore:
             connection=self.dispatcher.sync,
             serializer=JSONSerializer,
         )
-        return list((result.return_value or {}).get("outputs", []))
+        value: dict[str, Any] = result.return_value or {}
+        return value
+
+    async def statuses(self, job_ids: list[str]) -> list[str | None]:
+        """Each job's status in one round trip; None for a job that expired."""
+        async with redis_errors():
+            pipe = self.conn.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hget(Job.key_for(job_id), "status")
+            raw = await pipe.execute()
+        return [None if r is None else r.decode() for r in raw]
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         data = await self._hash(job_id)
@@ -133,6 +147,14 @@ class JobStore:
                 status=outcome,
             )
         return await self.get(job_id)
+
+    async def cancel_quietly(self, job_id: str) -> bool:
+        """Cancel the job if it is still queued; whether it was."""
+        origin = await self.conn.hget(Job.key_for(job_id), "origin")
+        if origin is None:
+            return False
+        outcome = await self.dispatcher.cancel_queued(job_id, origin.decode(), self.job_ttl_s)
+        return outcome == "canceled"
 
     async def delete(self, job_id: str) -> None:
         """Remove a job and its result: a queued job never runs, an ended one is forgotten;

@@ -26,18 +26,27 @@ class _TooLarge(StarletteHTTPException):
 class BodyLimitMiddleware:
     """Answers 413 ``payload_too_large`` for a body over ``max_bytes``, declared or streamed."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, dialects: ErrorDialects = NATIVE) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        dialects: ErrorDialects = NATIVE,
+        larger: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.dialects = dialects
+        self.larger = larger or {}
+        """Paths that take more (file uploads), with their own limit."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope["path"], self.max_bytes)
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(scope, receive, send, limit)
             return
         seen = 0
         started = False
@@ -46,7 +55,7 @@ class BodyLimitMiddleware:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 raise _TooLarge
             return message
 
@@ -59,10 +68,10 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._reject(scope, receive, send)
+                await self._reject(scope, receive, send, limit)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        err = PayloadTooLarge(f"request body is larger than {self.max_bytes} bytes")
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        err = PayloadTooLarge(f"request body is larger than {limit} bytes")
         await error_response(err, scope["path"], self.dialects)(scope, receive, send)
 
 

@@ -16,6 +16,13 @@ class GatewaySettings(CommonSettings):
     job_ttl_s: int = 24 * 3600
     """How long an async job's result or failure stays readable."""
 
+    batch_max_file_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    """Largest Batch API input file (413 above); ``POST /v1/files`` may be this large even
+    where ``max_body_bytes`` is smaller."""
+
+    batch_max_lines: int = Field(default=5_000, gt=0)
+    """Most requests in one Batch API input file (413 above)."""
+
     api_keys: str = ""
     """Comma-separated SHA-256 hashes of accepted API keys; empty (and no file): no auth."""
 

@@ -94,7 +94,7 @@ class ModelList(BaseModel):
     data: list[ModelObject]
 
 
-def _inputs(given: Any) -> Any:
+def to_inputs(given: Any) -> Any:
     """OpenAI's input forms as predict inputs: a text stays a text, token ids become a
     ``{"token_ids": [...]}`` item."""
     if isinstance(given, str):
@@ -116,21 +116,34 @@ def _base64(vector: list[float]) -> str:
 )
 async def embeddings(
     body: EmbeddingsRequest, registry: RegistryDep, call: CallDep
-) -> EmbeddingsResponse:
+) -> dict[str, Any]:
     """Vectors for ``input`` from a feature-extraction model, in input order."""
     spec = served(registry, body.model, "feature-extraction")
     call.request.state.model = spec.name
     parameters = {} if body.dimensions is None else {"dimensions": body.dimensions}
     try:
-        out = await infer(spec, call, _inputs(body.input), parameters)
+        out = await infer(spec, call, to_inputs(body.input), parameters)
     except (InvalidInput, PayloadTooLarge) as err:
         err.param = err.param or ("dimensions" if "dimensions" in err.message else "input")
         raise
     vectors = [out.outputs[0]] if out.single else out.outputs
-    encode = _base64 if body.encoding_format == "base64" else list
-    data = [Embedding(index=i, embedding=encode(v)) for i, v in enumerate(vectors)]
-    usage = Usage(prompt_tokens=out.tokens, total_tokens=out.tokens)
-    return EmbeddingsResponse(data=data, model=spec.name, usage=usage)
+    return embeddings_body(spec.name, vectors, out.tokens, body.encoding_format)
+
+
+def embeddings_body(
+    model: str, vectors: list[list[float]], tokens: int, encoding_format: str
+) -> dict[str, Any]:
+    """OpenAI's embeddings response (also each line of a batch's output file)."""
+    encode = _base64 if encoding_format == "base64" else list
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode(v)}
+            for i, v in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def _model_object(spec: ModelSpec) -> ModelObject:
