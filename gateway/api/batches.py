@@ -23,7 +23,13 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
-from gateway.api.openai_compat import EmbeddingsRequest, embeddings_body, openai_error, to_inputs
+from gateway.api.openai_compat import (
+    OPENAI_ERRORS,
+    EmbeddingsRequest,
+    embeddings_body,
+    openai_error,
+    to_inputs,
+)
 from gateway.api.routes import served
 from gateway.batches import BatchStore, Line, new_batch
 from gateway.cache import CacheMode
@@ -50,18 +56,39 @@ def _batches(request: Request) -> BatchStore:
 # --- files ------------------------------------------------------------------------------
 
 
-@router.post("/files", summary="upload a batch input file (JSONL)")
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: OPENAI_ERRORS[404],
+    401: OPENAI_ERRORS[401],
+    503: OPENAI_ERRORS[503],
+}
+
+
+class FileObject(BaseModel):
+    """OpenAI's file object."""
+
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    expires_at: int
+    filename: str
+    purpose: Literal["batch", "batch_output"]
+    status: Literal["processed"] = "processed"
+
+
+@router.post(
+    "/files",
+    response_model=FileObject,
+    responses={**NOT_FOUND, 413: OPENAI_ERRORS[413], 422: OPENAI_ERRORS[422]},
+    summary="upload a batch input file (JSONL)",
+)
 async def upload_file(
     request: Request,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="JSONL, one request a line")],
-    purpose: Annotated[str, Form(description="batch")],
+    purpose: Annotated[Literal["batch"], Form(description="batch (the only purpose served)")],
 ) -> dict[str, Any]:
     """Store a JSONL file of requests for ``POST /v1/batches``."""
-    if purpose != "batch":
-        invalid = InvalidInput(f"purpose {purpose!r}: this server takes files for 'batch' only")
-        invalid.param = "purpose"
-        raise invalid
     content = await file.read(settings.batch_max_file_bytes + 1)
     if len(content) > settings.batch_max_file_bytes:
         raise PayloadTooLarge(
@@ -77,18 +104,23 @@ async def upload_file(
     return await _files(request).put(content, file.filename or "batch.jsonl", purpose)
 
 
-@router.get("/files/{file_id}", summary="a file's description")
+@router.get("/files/{file_id}", response_model=FileObject, responses=NOT_FOUND, summary="a file")
 async def get_file(file_id: str, request: Request) -> dict[str, Any]:
     return await _files(request).info(file_id)
 
 
-@router.get("/files/{file_id}/content", summary="a file's content", response_class=Response)
+@router.get(
+    "/files/{file_id}/content",
+    response_class=Response,
+    responses={200: {"content": {"application/jsonl": {}}}, **NOT_FOUND},
+    summary="a file's content",
+)
 async def file_content(file_id: str, request: Request) -> Response:
     content = await _files(request).content(file_id)
     return Response(content, media_type="application/jsonl")
 
 
-@router.delete("/files/{file_id}", summary="delete a file")
+@router.delete("/files/{file_id}", responses=NOT_FOUND, summary="delete a file")
 async def delete_file(file_id: str, request: Request) -> dict[str, Any]:
     await _files(request).delete(file_id)
     return {"id": file_id, "object": "file", "deleted": True}
@@ -104,6 +136,48 @@ class BatchRequest(BaseModel):
     endpoint: Literal["/v1/embeddings"]
     completion_window: Literal["24h"]
     metadata: Annotated[dict[str, StrictStr], Field(max_length=16)] | None = None
+
+
+class RequestCounts(BaseModel):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchError(BaseModel):
+    code: str
+    message: str
+    line: int | None = None
+
+
+class BatchErrors(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchError]
+
+
+class BatchObject(BaseModel):
+    """OpenAI's batch object."""
+
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: Literal["failed", "in_progress", "completed", "cancelling", "cancelled"]
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: RequestCounts
+    metadata: dict[str, str] | None
 
 
 class _LineRequest(BaseModel):
@@ -180,7 +254,12 @@ async def _submit(
     return Line(line.custom_id, job_id, None, body.encoding_format, spec.name)
 
 
-@router.post("/batches", summary="create a batch from an uploaded file")
+@router.post(
+    "/batches",
+    response_model=BatchObject,
+    responses={**NOT_FOUND, 422: OPENAI_ERRORS[422]},
+    summary="create a batch from an uploaded file",
+)
 async def create_batch(
     body: BatchRequest,
     request: Request,
@@ -206,7 +285,12 @@ async def create_batch(
     return batch
 
 
-@router.get("/batches/{batch_id}", summary="a batch's state")
+@router.get(
+    "/batches/{batch_id}",
+    response_model=BatchObject,
+    responses=NOT_FOUND,
+    summary="a batch's state",
+)
 async def get_batch(batch_id: str, request: Request) -> dict[str, Any]:
     """The batch, with ``request_counts`` as they stand; once every job ended, the output
     and error files are written and the batch is ``completed`` (or ``cancelled``)."""
@@ -225,7 +309,12 @@ async def get_batch(batch_id: str, request: Request) -> dict[str, Any]:
     return batch
 
 
-@router.post("/batches/{batch_id}/cancel", summary="cancel a batch")
+@router.post(
+    "/batches/{batch_id}/cancel",
+    response_model=BatchObject,
+    responses=NOT_FOUND,
+    summary="cancel a batch",
+)
 async def cancel_batch(batch_id: str, request: Request) -> dict[str, Any]:
     """Cancel the lines still queued (lines running finish); idempotent. The batch reads
     ``cancelling`` until its last running line ended, then ``cancelled``, with the lines

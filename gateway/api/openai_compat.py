@@ -18,9 +18,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from contract.config import ModelSpec
-from contract.tasks import TOKEN_IDS
+from contract.tasks import TOKEN_IDS, WHOLE
 from gateway.api.predict import infer
 from gateway.api.routes import CallDep, served
+from gateway.api.schemas import error_responses
 from gateway.deps import RegistryDep
 from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge
 
@@ -41,7 +42,7 @@ def openai_error(err: GatewayError) -> dict[str, Any]:
     return {"error": error}
 
 
-TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0), WHOLE]], Field(min_length=1)]
 
 
 class EmbeddingsRequest(BaseModel):
@@ -57,10 +58,26 @@ class EmbeddingsRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = Field(
         default="float", description="base64: each vector as little-endian float32 bytes"
     )
-    dimensions: Annotated[StrictInt, Field(ge=1)] | None = Field(
+    dimensions: Annotated[StrictInt, Field(ge=1), WHOLE] | None = Field(
         default=None, description="one of the sizes the model's matryoshka_dimensions lists"
     )
     user: StrictStr | None = Field(default=None, description="accepted and ignored")
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class OpenAIErrorResponse(BaseModel):
+    """OpenAI's error body."""
+
+    error: OpenAIError
+
+
+OPENAI_ERRORS = error_responses(OpenAIErrorResponse, _400="the model serves another task")
 
 
 class Embedding(BaseModel):
@@ -112,7 +129,7 @@ def _base64(vector: list[float]) -> str:
     "/embeddings",
     response_model=EmbeddingsResponse,
     summary="OpenAI-compatible embeddings",
-    responses={404: {"description": "unknown model"}, 400: {"description": "not an embedder"}},
+    responses=OPENAI_ERRORS,
 )
 async def embeddings(
     body: EmbeddingsRequest, registry: RegistryDep, call: CallDep
@@ -160,7 +177,7 @@ async def list_models(registry: RegistryDep) -> ModelList:
     "/models/{model_id}",
     response_model=ModelObject,
     summary="OpenAI-compatible model",
-    responses={404: {"description": "unknown model"}},
+    responses={404: OPENAI_ERRORS[404]},
 )
 async def get_model(model_id: str, registry: RegistryDep) -> ModelObject:
     return _model_object(served(registry, model_id))

@@ -16,8 +16,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from contract.config import Registry
+from contract.tasks import WHOLE
+from gateway.api.openai_compat import OpenAIErrorResponse
 from gateway.api.predict import Inferred, infer
 from gateway.api.routes import Call, CallDep, served
+from gateway.api.schemas import error_responses
 from gateway.deps import RegistryDep
 from gateway.errors import GatewayError
 
@@ -29,13 +32,20 @@ def cohere_error(err: GatewayError) -> dict[str, Any]:
     return {"message": err.message, "code": err.code}
 
 
+class CohereError(BaseModel):
+    """Cohere's error body (``code`` is modelgate's)."""
+
+    message: str
+    code: str
+
+
 class JinaDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: StrictStr
 
 
 Documents = Annotated[list[StrictStr], Field(min_length=1)]
-TopN = Annotated[StrictInt, Field(ge=1)] | None
+TopN = Annotated[StrictInt, Field(ge=1), WHOLE] | None
 
 
 class JinaRerankRequest(BaseModel):
@@ -80,7 +90,7 @@ class CohereRerankRequest(BaseModel):
     documents: Documents
     top_n: TopN = None
     return_documents: StrictBool = Field(default=False, description="echo each document")
-    max_tokens_per_doc: Annotated[StrictInt, Field(ge=1)] | None = Field(
+    max_tokens_per_doc: Annotated[StrictInt, Field(ge=1), WHOLE] | None = Field(
         default=None, description="accepted; documents are cut at the model's own limit"
     )
 
@@ -136,6 +146,7 @@ async def _rerank(
     "/v1/rerank",
     response_model=JinaRerankResponse,
     response_model_exclude_none=True,
+    responses=error_responses(OpenAIErrorResponse, _400="the model is not a rerank model"),
     summary="Jina/Infinity rerank",
 )
 async def jina_rerank(
@@ -155,6 +166,7 @@ async def jina_rerank(
     "/v2/rerank",
     response_model=CohereRerankResponse,
     response_model_exclude_none=True,
+    responses=error_responses(CohereError, _400="the model is not a rerank model"),
     summary="Cohere v2 rerank",
 )
 async def cohere_rerank(

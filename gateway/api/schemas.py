@@ -234,17 +234,24 @@ def model_schemas(spec: ModelSpec) -> ModelSchemas:
     )
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
-        401: "missing or wrong API key (only when API keys are configured)",
-        404: "unknown model",
-        413: "too many inputs, an input too long, or a body too large",
-        422: "invalid input or parameters",
-        429: "the model's queue is full; retry after Retry-After seconds",
-        500: "the model failed on this input",
-        503: "no live worker for the model, or Redis is unreachable",
-        504: "no result before the model's timeout",
-    }.items()
+ERROR_TEXTS = {
+    401: "missing or wrong API key (only when API keys are configured)",
+    404: "unknown model",
+    413: "too many inputs, an input too long, or a body too large",
+    422: "invalid input or parameters",
+    429: "the model's queue is full; retry after Retry-After seconds",
+    500: "the model failed on this input",
+    503: "no live worker for the model, or Redis is unreachable",
+    504: "no result before the model's timeout",
 }
+
+
+def error_responses(model: Any, **more: str) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of an inference route, with the body ``model`` its
+    wire format writes; ``more`` adds statuses (``_400="..."``)."""
+    texts: dict[int, str] = {**ERROR_TEXTS, **{int(k[1:]): v for k, v in more.items()}}
+    return {status: {"model": model, "description": text} for status, text in sorted(texts.items())}
+
+
+ERROR_RESPONSES = error_responses(ErrorResponse)
 """Documented error answers of the predict endpoints."""

@@ -102,10 +102,25 @@ def _route(case: Case) -> None:
         case.path_parameters["name"] = UNKNOWN_MODEL
 
 
+BODY_MODELS = {"/v1/embeddings": "minilm", "/v1/rerank": "tiny-rerank", "/v2/rerank": "tiny-rerank"}
+"""A model of the right task for each wire format that names its model in the body."""
+
+
+def _route_body(case: Case) -> None:
+    """As :func:`_route`, for a body's ``model``: mostly one of the route's task."""
+    body = case.body
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return
+    if zlib.crc32(repr((body, case.headers)).encode()) % 4:
+        body["model"] = BODY_MODELS[case.operation.path]
+
+
 def _steer(ctx: HookContext, case: Case) -> Case:
     """Every generated case passes here, whatever the phase: no workerless model, no long poll."""
     if case.path_parameters and "name" in case.path_parameters:
         _route(case)
+    if case.operation.path in BODY_MODELS:
+        _route_body(case)
     wait = (case.query or {}).get("wait")
     if isinstance(wait, int | float) and not isinstance(wait, bool) and wait > MAX_FUZZ_WAIT_S:
         case.query["wait"] = MAX_FUZZ_WAIT_S
@@ -114,21 +129,32 @@ def _steer(ctx: HookContext, case: Case) -> Case:
 
 def _by_design(ctx: HookContext, failure: Failure, case: Case, response: Response) -> bool:
     """Keep a failure unless it is one of the documented answers a schema cannot state:
-    ``/readyz`` is 503 ``not_ready`` while a configured model has no worker (``ghost`` never
-    has one); a limit in tokens is refused with 413 (a truncation-off model's input, a question
-    that leaves no room for context); a fill-mask model refuses a text without its mask token
+    ``/readyz`` (and the Open Inference Protocol's ``/v2/health/ready``) is 503 while a
+    configured model has no worker (``ghost`` never has one); a limit in tokens is refused with
+    413 (a truncation-off model's input, a question that leaves no room for context); a
+    fill-mask model refuses a text without its mask token
     and targets none of which is in its vocabulary (422: the mask token and the vocabulary are
-    the model's)."""
+    the model's); ``/v1/embeddings`` refuses token ids beyond the model's vocabulary and
+    ``dimensions`` its models.yaml entry does not list."""
     path, status = case.operation.path, response.status_code
-    error = response.json().get("error", {}) if status >= 400 else {}
+    body = response.json() if status >= 400 else {}
+    error = body.get("error", body) if isinstance(body, dict) else {}
     if path == "/readyz" and status == 503:
         return bool(error.get("code") != "not_ready")
+    if path == "/v2/health/ready" and status == 503:
+        return bool(body != {"ready": False})
     if not isinstance(failure, RejectedPositiveData):
         return True
     model = path.split("/")[2] if path.startswith("/models/") else ""
     if status == 413 and " tokens" in error.get("message", ""):
         return False
-    message = error.get("message", "")
+    message = error.get("message", "") if isinstance(error, dict) else ""
+    if (
+        path == "/v1/embeddings"
+        and status == 422
+        and ("vocabulary" in message or error.get("param") == "dimensions")
+    ):
+        return False  # the vocabulary and the Matryoshka sizes are the model's
     return not (
         status == 422 and model == "tiny-mlm" and ("mask token" in message or "targets" in message)
     )
