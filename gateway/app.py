@@ -12,6 +12,7 @@ from contract.jobs import Keys
 from contract.logs import configure_logging
 from gateway.api import (
     batches,
+    files,
     jobs,
     models,
     oip,
@@ -78,7 +79,7 @@ def create_app(
     dialects.add("/v2/rerank", rerank.cohere_error)
     app.state.error_dialects = dialects
     install_error_handlers(app)
-    adapters = (openai_compat.router, batches.router, rerank.router, oip.router)
+    adapters = (openai_compat.router, files.router, batches.router, rerank.router, oip.router)
     for router in (service.router, models.router, jobs.router, *adapters):
         app.include_router(router)
     for spec in registry.models:

@@ -1,6 +1,5 @@
-"""OpenAI's Batch API for ``/v1/embeddings`` lines: ``POST /v1/files`` (JSONL upload,
-``purpose=batch``), ``POST /v1/batches``, ``GET /v1/batches/{id}``,
-``POST /v1/batches/{id}/cancel``, ``GET /v1/files/{id}[/content]``.
+"""OpenAI's Batch API for ``/v1/embeddings`` lines: ``POST /v1/batches``,
+``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel`` (files: :mod:`gateway.api.files`).
 
 Each line becomes one async job at low priority (the same workers, per-item cache and job
 store as ``/models/{name}/jobs``), queued while ``POST /v1/batches`` answers: a batch that was
@@ -19,10 +18,10 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import Response
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
+from gateway.api.files import files_of
 from gateway.api.openai_compat import (
     OPENAI_ERRORS,
     EmbeddingsRequest,
@@ -35,98 +34,16 @@ from gateway.batches import BatchStore, Line, new_batch
 from gateway.cache import CacheMode
 from gateway.deps import InferenceDep, RegistryDep, SettingsDep
 from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge
-from gateway.files import FileStore
 from gateway.validation import prepare
 
 router = APIRouter(prefix="/v1", tags=["OpenAI Batch API"])
 
-ENDPOINT = "/v1/embeddings"
-
-
-def _files(request: Request) -> FileStore:
-    files: FileStore = request.app.state.files
-    return files
+NOT_FOUND: dict[int | str, dict[str, Any]] = {s: OPENAI_ERRORS[s] for s in (401, 404, 503)}
 
 
 def _batches(request: Request) -> BatchStore:
     batches: BatchStore = request.app.state.batches
     return batches
-
-
-# --- files ------------------------------------------------------------------------------
-
-
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: OPENAI_ERRORS[404],
-    401: OPENAI_ERRORS[401],
-    503: OPENAI_ERRORS[503],
-}
-
-
-class FileObject(BaseModel):
-    """OpenAI's file object."""
-
-    id: str
-    object: Literal["file"] = "file"
-    bytes: int
-    created_at: int
-    expires_at: int
-    filename: str
-    purpose: Literal["batch", "batch_output"]
-    status: Literal["processed"] = "processed"
-
-
-@router.post(
-    "/files",
-    response_model=FileObject,
-    responses={**NOT_FOUND, 413: OPENAI_ERRORS[413], 422: OPENAI_ERRORS[422]},
-    summary="upload a batch input file (JSONL)",
-)
-async def upload_file(
-    request: Request,
-    settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="JSONL, one request a line")],
-    purpose: Annotated[Literal["batch"], Form(description="batch (the only purpose served)")],
-) -> dict[str, Any]:
-    """Store a JSONL file of requests for ``POST /v1/batches``."""
-    content = await file.read(settings.batch_max_file_bytes + 1)
-    if len(content) > settings.batch_max_file_bytes:
-        raise PayloadTooLarge(
-            f"file is larger than {settings.batch_max_file_bytes} bytes",
-            limit=settings.batch_max_file_bytes,
-        )
-    lines = sum(1 for line in content.splitlines() if line.strip())
-    if lines > settings.batch_max_lines:
-        raise PayloadTooLarge(
-            f"file has {lines} requests; a batch takes at most {settings.batch_max_lines}",
-            limit=settings.batch_max_lines,
-        )
-    return await _files(request).put(content, file.filename or "batch.jsonl", purpose)
-
-
-@router.get("/files/{file_id}", response_model=FileObject, responses=NOT_FOUND, summary="a file")
-async def get_file(file_id: str, request: Request) -> dict[str, Any]:
-    return await _files(request).info(file_id)
-
-
-@router.get(
-    "/files/{file_id}/content",
-    response_class=Response,
-    responses={200: {"content": {"application/jsonl": {}}}, **NOT_FOUND},
-    summary="a file's content",
-)
-async def file_content(file_id: str, request: Request) -> Response:
-    content = await _files(request).content(file_id)
-    return Response(content, media_type="application/jsonl")
-
-
-@router.delete("/files/{file_id}", responses=NOT_FOUND, summary="delete a file")
-async def delete_file(file_id: str, request: Request) -> dict[str, Any]:
-    await _files(request).delete(file_id)
-    return {"id": file_id, "object": "file", "deleted": True}
-
-
-# --- batches ----------------------------------------------------------------------------
 
 
 class BatchRequest(BaseModel):
@@ -269,7 +186,7 @@ async def create_batch(
 ) -> dict[str, Any]:
     """Queue every request of the file; answers the batch (``in_progress``, or ``failed``
     with ``errors`` when the file is not a valid batch file)."""
-    content = await _files(request).content(body.input_file_id)
+    content = await files_of(request).content(body.input_file_id)
     requests, problems = parse_lines(content)
     batch = new_batch(body.model_dump(), settings.job_ttl_s)
     lines: list[Line] = []
@@ -335,7 +252,7 @@ async def _finalize(
 ) -> None:
     """Write the output and error files and end the batch (idempotent: the file ids are the
     batch's own, so two replicas finalizing at once write the same files)."""
-    batches, files = _batches(request), _files(request)
+    batches, files = _batches(request), files_of(request)
     outputs: list[bytes] = []
     errors: list[bytes] = []
     for line, status in zip(lines, statuses, strict=True):
