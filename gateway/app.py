@@ -75,7 +75,7 @@ def create_app(
         _attach(app, dispatcher, settings)
     dialects = ErrorDialects()
     dialects.add("/v1/", openai_compat.openai_error)
-    dialects.add("/v2/", oip.oip_error)
+    dialects.add("/v2", oip.oip_error)
     dialects.add("/v2/rerank", rerank.cohere_error)
     app.state.error_dialects = dialects
     install_error_handlers(app)

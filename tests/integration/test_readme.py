@@ -20,9 +20,6 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
-JOB_PLACEHOLDER = "5f0c..."
-"""How the README writes a job id it cannot know."""
-
 
 def readme_curls(text: str) -> list[str]:
     """The curl commands of the README's ``sh`` blocks, continuation lines joined, comments
@@ -64,28 +61,53 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         log.close()
 
 
+PLACEHOLDERS = {
+    "5f0c...": r'"job_id":"([0-9a-f]{32})"',
+    "file-7d1e...": r'"id":"(file-[0-9a-f]{32})"',
+    "batch_9a2c...": r'"id":"(batch_[0-9a-f]{32})"',
+}
+"""How the README writes ids it cannot know, and where the answer of an earlier curl gives them."""
+
+
+def run_curl(command: str) -> tuple[str, str]:
+    """The body and the status code of one curl, run from the repository's root."""
+    done = subprocess.run(
+        [*shlex.split(command), "--write-out", "\n%{http_code}"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, (command, done.stderr)
+    body, _, status = done.stdout.rpartition("\n")
+    return body, status
+
+
 def test_every_readme_curl_works_as_written(served: int) -> None:
     commands = readme_curls((ROOT / "README.md").read_text())
     assert len(commands) >= 10, commands
     assert any("/predict -H" in c and '"text"' in c for c in commands), "the classic call is shown"
-    job_id = None
+    ids: dict[str, str] = {}
     for command in commands:
-        if JOB_PLACEHOLDER in command:
-            assert job_id, f"{command}: no job submitted before it"
-            command = command.replace(JOB_PLACEHOLDER, job_id)
+        for placeholder in PLACEHOLDERS:
+            if placeholder in command:
+                assert placeholder in ids, f"{command}: nothing before it gave {placeholder}"
+                command = command.replace(placeholder, ids[placeholder])
         command = command.replace("localhost:8000", f"127.0.0.1:{served}")
-        done = subprocess.run(
-            [*shlex.split(command), "--write-out", "\n%{http_code}"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-        assert done.returncode == 0, (command, done.stderr)
-        body, _, status = done.stdout.rpartition("\n")
+        body, status = run_curl(command)
+        deadline = time.monotonic() + 60
+        while "/content" in command and status == "404" and time.monotonic() < deadline:
+            # A batch's output file is written by the first read of the batch after its last
+            # line ended: read the batch (its id is in the file's), then the file again.
+            time.sleep(0.5)
+            run_curl(command.replace("/files/file-", "/batches/").split("-output")[0])
+            body, status = run_curl(command)
         allowed = {"409"} if "/cancel" in command else set()  # the job has ended by then
         assert status.startswith("2") or status in allowed, (command, status, body[-500:])
-        found = re.search(r'"job_id":"([0-9a-f]{32})"', body)
-        job_id = found[1] if found else job_id
+        for placeholder, pattern in PLACEHOLDERS.items():
+            found = re.search(pattern, body)
+            if found:
+                ids[placeholder] = found[1]
 
 
 def test_the_classic_predict_answers_with_the_sentiment_model(served: int) -> None:
