@@ -171,10 +171,18 @@ async def _submit(
     return Line(line.custom_id, job_id, None, body.encoding_format, spec.name)
 
 
+BATCH_LINKS = {
+    name: {"operationId": operation, "parameters": {"batch_id": "$response.body#/id"}}
+    for name, operation in (("GetBatch", "get_batch"), ("CancelBatch", "cancel_batch"))
+}
+"""OpenAPI links from a created batch to reading and canceling it."""
+
+
 @router.post(
     "/batches",
     response_model=BatchObject,
-    responses={**NOT_FOUND, 422: OPENAI_ERRORS[422]},
+    operation_id="create_batch",
+    responses={200: {"links": BATCH_LINKS}, **NOT_FOUND, 422: OPENAI_ERRORS[422]},
     summary="create a batch from an uploaded file",
 )
 async def create_batch(
@@ -205,6 +213,7 @@ async def create_batch(
 @router.get(
     "/batches/{batch_id}",
     response_model=BatchObject,
+    operation_id="get_batch",
     responses=NOT_FOUND,
     summary="a batch's state",
 )
@@ -229,6 +238,7 @@ async def get_batch(batch_id: str, request: Request) -> dict[str, Any]:
 @router.post(
     "/batches/{batch_id}/cancel",
     response_model=BatchObject,
+    operation_id="cancel_batch",
     responses=NOT_FOUND,
     summary="cancel a batch",
 )

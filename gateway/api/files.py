@@ -43,10 +43,35 @@ class FileObject(BaseModel):
     status: Literal["processed"] = "processed"
 
 
+FILE_LINKS = {
+    name: {"operationId": operation, "parameters": {"file_id": "$response.body#/id"}}
+    for name, operation in (
+        ("GetFile", "get_file"),
+        ("GetFileContent", "file_content"),
+        ("DeleteFile", "delete_file"),
+    )
+}
+FILE_LINKS["CreateBatch"] = {
+    "operationId": "create_batch",
+    "requestBody": {
+        "input_file_id": "$response.body#/id",
+        "endpoint": "/v1/embeddings",
+        "completion_window": "24h",
+    },
+}
+"""OpenAPI links from an uploaded file to reading it, deleting it and making it a batch."""
+
+
 @router.post(
     "/files",
     response_model=FileObject,
-    responses={**NOT_FOUND, 413: OPENAI_ERRORS[413], 422: OPENAI_ERRORS[422]},
+    operation_id="upload_file",
+    responses={
+        200: {"links": FILE_LINKS},
+        **NOT_FOUND,
+        413: OPENAI_ERRORS[413],
+        422: OPENAI_ERRORS[422],
+    },
     summary="upload a batch input file (JSONL)",
 )
 async def upload_file(
@@ -71,7 +96,13 @@ async def upload_file(
     return await files_of(request).put(content, file.filename or "batch.jsonl", purpose)
 
 
-@router.get("/files/{file_id}", response_model=FileObject, responses=NOT_FOUND, summary="a file")
+@router.get(
+    "/files/{file_id}",
+    response_model=FileObject,
+    operation_id="get_file",
+    responses=NOT_FOUND,
+    summary="a file",
+)
 async def get_file(file_id: str, request: Request) -> dict[str, Any]:
     return await files_of(request).info(file_id)
 
@@ -79,6 +110,7 @@ async def get_file(file_id: str, request: Request) -> dict[str, Any]:
 @router.get(
     "/files/{file_id}/content",
     response_class=Response,
+    operation_id="file_content",
     responses={200: {"content": {"application/jsonl": {}}}, **NOT_FOUND},
     summary="a file's content",
 )
@@ -87,7 +119,9 @@ async def file_content(file_id: str, request: Request) -> Response:
     return Response(content, media_type="application/jsonl")
 
 
-@router.delete("/files/{file_id}", responses=NOT_FOUND, summary="delete a file")
+@router.delete(
+    "/files/{file_id}", operation_id="delete_file", responses=NOT_FOUND, summary="delete a file"
+)
 async def delete_file(file_id: str, request: Request) -> dict[str, Any]:
     await files_of(request).delete(file_id)
     return {"id": file_id, "object": "file", "deleted": True}

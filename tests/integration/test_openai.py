@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import time
 import uuid
 
 import httpx
@@ -171,3 +172,23 @@ async def test_api_key_is_what_the_client_sends(stack: Stack) -> None:
         await http.aclose()
         await app_client.aclose()
         await dispatcher.close()
+
+
+def test_the_client_backs_off_by_retry_after(stack: Stack) -> None:
+    """``slowpoke`` has no worker in this session: 503 with ``Retry-After``, which the client's
+    own retry honours before it gives up."""
+    sent: list[httpx2.Request] = []
+    http = httpx2.Client(event_hooks={"request": [sent.append]})
+    client = openai.OpenAI(
+        base_url=stack.url + "/v1", api_key="unused", max_retries=1, http_client=http
+    )
+    raw = httpx.post(
+        f"{stack.url}/v1/embeddings", json={"model": "slowpoke", "input": "x"}, timeout=10
+    )
+    assert raw.status_code == 503 and raw.headers["retry-after"] == "5"
+    assert raw.json()["error"]["code"] == "model_unavailable"
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError):
+        client.embeddings.create(model="slowpoke", input="x")
+    assert len(sent) == 2, "one retry"
+    assert time.monotonic() - started >= 4.5, "the retry waited for Retry-After"
