@@ -151,6 +151,8 @@ def _by_design(ctx: HookContext, failure: Failure, case: Case, response: Respons
     if status == 413 and " tokens" in error.get("message", ""):
         return False
     message = error.get("message", "") if isinstance(error, dict) else str(error)
+    if (path in BODY_MODELS or path == "/v2/models/{name}/infer") and status == 413:
+        return False  # limits (max_inputs, max_chars) are the named model's, not the route's
     if path.startswith("/v2/models/{name}") and status == 400:
         return False  # question answering and rerank are not served by the protocol
     if path == "/v2/models/{name}/infer" and status == 422:
