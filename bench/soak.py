@@ -86,7 +86,7 @@ class SoakStack:
         self.cache.start()
         env = {
             **os.environ,
-            "REDIS_URL": self.jobs.url,
+            "MODELGATE_REDIS_URL": self.jobs.url,
             "MODELGATE_CACHE_URL": self.cache.url,
             "MODELGATE_CONFIG": str(self.config),
             "MODELGATE_PREFIX": PREFIX,

@@ -175,7 +175,7 @@ class Stack:
         self.redis.start()
         env = {
             **os.environ,
-            "REDIS_URL": self.redis.url,
+            "MODELGATE_REDIS_URL": self.redis.url,
             "MODELGATE_CONFIG": str(self.config),
             "MODELGATE_PREFIX": PREFIX,
         }

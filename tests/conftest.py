@@ -169,7 +169,7 @@ def jobs_run(client: Redis, model: str) -> int:
 def process_env(redis_url: str, config: Path, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,
-        "REDIS_URL": redis_url,
+        "MODELGATE_REDIS_URL": redis_url,
         "MODELGATE_CONFIG": str(config),
         "MODELGATE_PREFIX": PREFIX,
         **extra,

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import sys
 import time
 import uuid
 
 import torch
+import transformers
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
 from contract.config import ConfigError, ModelSpec, Registry, load_registry
-from contract.jobs import Keys
+from contract.jobs import LOAD_ERROR_TTL_S, Keys
 from contract.logs import configure_logging
-from contract.settings import CommonSettings
+from contract.settings import CommonSettings, unreachable
 from workers.batching import BatchingWorker, BatchPolicy
-from workers.pipelines import DeviceError, build_engine
+from workers.engines import Engine
+from workers.pipelines import build_engine
 from workers.presence import Presence, stuck_check
 from workers.reaper import Reaper
 
@@ -35,13 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelgate worker",
         description="Serve one model from models.yaml: load its pipeline once, then run its queue's"
-        " jobs in batches. Redis comes from REDIS_URL; the file from --config or MODELGATE_CONFIG.",
+        " jobs in batches. Redis comes from MODELGATE_REDIS_URL (or REDIS_URL); the file from"
+        " --config or MODELGATE_CONFIG. Exit codes: 1 Redis unreachable, 2 bad config,"
+        " 3 the model cannot load.",
     )
     parser.add_argument("--model", required=True, help="the model's name in models.yaml")
     parser.add_argument(
         "--config", help="path to models.yaml (default: MODELGATE_CONFIG or ./models.yaml)"
     )
-    parser.add_argument("--redis-url", help="Redis URL (default: REDIS_URL)")
+    parser.add_argument("--redis-url", help="Redis URL (default: MODELGATE_REDIS_URL)")
     parser.add_argument("--name", help="worker name (default: <model>-<random>)")
     parser.add_argument(
         "--threads",
@@ -67,21 +75,74 @@ def _spec(registry: Registry, name: str) -> ModelSpec:
     return spec
 
 
+LOAD_FAILED = 3
+"""Exit code of a worker whose model cannot load (its supervisor retries it with backoff)."""
+
+
+def quiet_unless_terminal() -> None:
+    """No progress bars (weights loading, downloads) in a log: only on a terminal."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _cannot_load(spec: ModelSpec, err: Exception) -> str:
+    """One line: the model, its source and the cause."""
+    # The first two lines: some libraries put the field on one and the reason on the next.
+    text = " ".join(line.strip() for line in str(err).strip().splitlines()[:2])
+    cause = f"{type(err).__name__}: {text}"[:500]
+    return f"model {spec.name!r} ({spec.source.describe()}) cannot load: {cause}"
+
+
+def load_problem(spec: ModelSpec, registry: Registry) -> str | None:
+    """Why the model cannot load and answer its warm-up call (``modelgate check --load``)."""
+    quiet_unless_terminal()
+    try:
+        build_engine(spec, registry.base_dir).warm_up()
+    except Exception as err:
+        log.debug("the load error in full", exc_info=True)
+        return _cannot_load(spec, err)
+    return None
+
+
+def _load(spec: ModelSpec, registry: Registry, connection: Redis, keys: Keys) -> Engine | None:
+    """The warmed-up engine; or None, with the cause logged in one line and left in Redis for
+    the gateway to answer with (``/models/{name}``, 503 ``model_unavailable``)."""
+    try:
+        engine = build_engine(spec, registry.base_dir)
+        log.info("warm-up call took %.0f ms", 1000 * engine.warm_up())
+    except Exception as err:
+        line = _cannot_load(spec, err)
+        log.error("%s", line)
+        log.debug("the load error in full", exc_info=True)
+        with contextlib.suppress(RedisError, OSError):
+            connection.set(keys.load_error(spec.name), line, ex=LOAD_ERROR_TTL_S)
+        return None
+    with contextlib.suppress(RedisError, OSError):
+        connection.delete(keys.load_error(spec.name))
+    return engine
+
+
 def serve(
     settings: CommonSettings, model: str, *, name: str | None, threads: int | None, burst: bool
 ) -> int:
     registry = load_registry(settings.config)
     spec = _spec(registry, model)
+    problem = unreachable(settings.redis_url)
+    if problem:
+        log.error("%s", problem)
+        return 1
     n_threads = threads or spec.threads
     if n_threads:
         torch.set_num_threads(n_threads)
     log.info("torch threads: %d", torch.get_num_threads())
-    engine = build_engine(spec, registry.base_dir)
-    log.info("warm-up call took %.0f ms", 1000 * engine.warm_up())
     keys = Keys(settings.prefix)
     connection = Redis.from_url(
         settings.redis_url, socket_connect_timeout=5, health_check_interval=10
     )
+    engine = _load(spec, registry, connection, keys)
+    if engine is None:
+        return LOAD_FAILED
     queue = Queue(keys.queue(spec.name), connection=connection, serializer=JSONSerializer)
     cache_connection = None
     if settings.cache_url and settings.cache_url != settings.redis_url:
@@ -143,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     settings = CommonSettings(**overrides)
     configure_logging(settings.log_format, settings.log_level)
+    quiet_unless_terminal()
     try:
         return serve(settings, args.model, name=args.name, threads=args.threads, burst=args.burst)
-    except (ConfigError, DeviceError) as err:
+    except ConfigError as err:
         log.error("%s", err)
         return 2

@@ -16,6 +16,7 @@ async def describe(
     spec: ModelSpec, dispatcher: Dispatcher, schemas: ModelSchemas, with_workers: bool = False
 ) -> ModelInfo:
     load = await dispatcher.admission.load(spec.name)
+    load_error = None if load.live_workers else await dispatcher.admission.load_error(spec.name)
     workers = None
     if with_workers:
         workers = [WorkerInfo(**w) for w in await dispatcher.admission.workers(spec.name)]
@@ -34,6 +35,7 @@ async def describe(
         timeout_s=spec.timeout_s,
         schemas=schemas,
         workers=workers,
+        load_error=load_error,
     )
 
 

@@ -221,6 +221,9 @@ class ModelInfo(BaseModel):
     timeout_s: float
     schemas: ModelSchemas
     workers: list[WorkerInfo] | None = None
+    load_error: str | None = Field(
+        default=None, description="why its workers cannot load the model, while none serves it"
+    )
 
 
 def model_schemas(spec: ModelSpec) -> ModelSchemas:

@@ -60,9 +60,11 @@ async def readyz(registry: RegistryDep, dispatcher: DispatcherDep) -> JSONRespon
         return JSONResponse(err.body(), status_code=503)
     missing = [name for name, n in live.items() if n == 0]
     if missing:
+        causes = {name: await dispatcher.admission.load_error(name) for name in missing}
         body = {
             "error": {"code": "not_ready", "message": f"no live worker for: {', '.join(missing)}"},
             "models": live,
+            "load_errors": {name: cause for name, cause in causes.items() if cause},
         }
         return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready", "models": live})

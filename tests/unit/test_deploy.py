@@ -357,11 +357,11 @@ def _healthcheck_code(services: dict[str, dict[str, Any]]) -> str:
 def _run_check(code: str, redis_url: str, prefix: str, model: str) -> int:
     env = {
         **os.environ,
-        "REDIS_URL": redis_url,
+        "MODELGATE_REDIS_URL": redis_url,
         "MODELGATE_PREFIX": prefix,
         "MODELGATE_MODEL": model,
     }
-    env.pop("MODELGATE_REDIS_URL", None)
+    env.pop("REDIS_URL", None)
     return subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=ROOT, timeout=60, capture_output=True
     ).returncode
