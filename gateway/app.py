@@ -12,6 +12,7 @@ from contract.jobs import Keys
 from contract.logs import configure_logging
 from gateway.api import (
     batches,
+    docs,
     files,
     jobs,
     models,
@@ -65,7 +66,14 @@ def create_app(
                 _attach(app, opened, settings)
             yield
 
-    app = FastAPI(title="modelgate", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="modelgate",
+        version=VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served by gateway.api.docs, with assets that need no CDN
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = Metrics()
@@ -79,6 +87,7 @@ def create_app(
     dialects.add("/v2/rerank", rerank.cohere_error)
     app.state.error_dialects = dialects
     install_error_handlers(app)
+    docs.install_docs(app)
     adapters = (openai_compat.router, files.router, batches.router, rerank.router, oip.router)
     for router in (service.router, models.router, jobs.router, *adapters):
         app.include_router(router)
