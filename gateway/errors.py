@@ -33,6 +33,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from gateway.problems import describe, field_path, relevant
+
 log = logging.getLogger("modelgate.gateway")
 
 
@@ -175,23 +177,13 @@ def _respond(request: Request, err: GatewayError) -> JSONResponse:
     return error_response(err, request.url.path, dialects)
 
 
-def _param(err: RequestValidationError) -> str | None:
+def _param(errors: list[dict[str, Any]]) -> str | None:
     """The first invalid field's path in the body (OpenAI's error names it as ``param``)."""
-    for e in err.errors():
-        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-        if loc:
-            return ".".join(loc)
+    for e in errors:
+        path = field_path(tuple(e.get("loc", ())))
+        if path:
+            return path
     return None
-
-
-def _validation_message(err: RequestValidationError) -> tuple[str, list[str]]:
-    problems = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-        problems.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
-    return (
-        problems[0] if len(problems) == 1 else f"{len(problems)} problems in the request"
-    ), problems
 
 
 async def _on_gateway_error(request: Request, err: Exception) -> JSONResponse:
@@ -203,9 +195,15 @@ async def _on_gateway_error(request: Request, err: Exception) -> JSONResponse:
 
 async def _on_validation_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, RequestValidationError)
-    message, problems = _validation_message(err)
+    errors = relevant(list(err.errors()))
+    try:
+        body: bytes | None = await request.body()
+    except Exception:  # the body stream was consumed elsewhere: positions stay offsets
+        body = None
+    content_type = request.headers.get("content-type", "")
+    message, problems = describe(errors, body, content_type)
     invalid = InvalidInput(message, problems=problems)
-    invalid.param = _param(err)
+    invalid.param = _param(errors)
     return _respond(request, invalid)
 
 
