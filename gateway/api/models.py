@@ -19,7 +19,9 @@ async def describe(
     load_error = None if load.live_workers else await dispatcher.admission.load_error(spec.name)
     workers = None
     if with_workers:
-        workers = [WorkerInfo(**w) for w in await dispatcher.admission.workers(spec.name)]
+        workers = [
+            WorkerInfo.model_validate(w) for w in await dispatcher.admission.workers(spec.name)
+        ]
     return ModelInfo(
         name=spec.name,
         task=spec.task,
@@ -39,7 +41,7 @@ async def describe(
     )
 
 
-@router.get("/models", response_model=list[ModelInfo])
+@router.get("/models", response_model=list[ModelInfo], response_model_exclude_none=True)
 async def list_models(
     registry: RegistryDep, dispatcher: DispatcherDep, request: Request
 ) -> list[ModelInfo]:

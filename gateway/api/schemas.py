@@ -9,9 +9,10 @@ agree on what is valid: the schema states ``max_inputs`` (maxItems) and ``max_ch
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model, field_validator
 
 from contract.config import ModelSpec
 from contract.tasks import TASKS, WHOLE
@@ -190,8 +191,27 @@ class ErrorResponse(BaseModel):
 
 
 class WorkerInfo(BaseModel):
+    """One live worker of the model."""
+
     model_config = ConfigDict(extra="allow")
     name: str
+    model: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    fingerprint: str | None = Field(default=None, description="of the weights it serves")
+    ready_at: datetime | None = Field(
+        default=None, description="when it announced itself (ISO 8601, UTC)"
+    )
+
+    @field_validator("ready_at", mode="before")
+    @classmethod
+    def _from_epoch(cls, value: Any) -> Any:
+        """Workers record the epoch seconds; the API speaks ISO 8601 like the jobs do."""
+        if isinstance(value, str) and value.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(value), tz=UTC)
+        return value
 
 
 class ModelSchemas(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from datetime import UTC, datetime
 
 import httpx
 import numpy as np
@@ -112,9 +113,13 @@ def test_service_endpoints(stack: Stack) -> None:
     models = {m["name"]: m for m in httpx.get(stack.url + "/models").json()}
     assert models["minilm"]["ready"] is True and models["minilm"]["live_workers"] >= 1
     assert models["ghost"]["ready"] is False and models["ghost"]["live_workers"] == 0
+    assert "workers" not in models["minilm"], "no null where a list is meant"
     one = httpx.get(stack.url + "/models/minilm").json()
-    assert one["workers"][0]["device"] == "cpu"
-    assert one["workers"][0]["fingerprint"].startswith("sha256:")
+    worker = one["workers"][0]
+    assert worker["device"] == "cpu" and worker["fingerprint"].startswith("sha256:")
+    assert isinstance(worker["pid"], int) and worker["pid"] > 0
+    ready_at = datetime.fromisoformat(worker["ready_at"])  # ISO 8601, like the jobs' times
+    assert ready_at.tzinfo is not None and ready_at < datetime.now(UTC)
     assert one["queue_depth"] == 0
     # ghost has no worker, so the whole service is not ready
     ready = httpx.get(stack.url + "/readyz")
