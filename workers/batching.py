@@ -115,6 +115,12 @@ class BatchingWorker(SimpleWorker):
         self.batch_timeout_s = float(policy.timeout_s)
         self.last_batch_items = 0
 
+    def register_birth(self, *args: Any, **kwargs: Any) -> None:
+        """RQ's birth, and this worker's queues in RQ's queue registry: RQ adds a queue there
+        only when it enqueues, so without this ``rq info`` lists no queue until a job came."""
+        super().register_birth(*args, **kwargs)
+        self.connection.sadd(Queue.redis_queues_keys, *(q.key for q in self.queues))
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         # RQ heart-beats before and after every dequeue and after every job, three round trips
         # each; once a second is plenty for a key that lives worker_ttl + 60 s.

@@ -16,6 +16,7 @@ import pytest
 
 from modelgate.redis_server import free_port
 from tests.conftest import (
+    PREFIX,
     ROOT,
     Stack,
     gateway_up,
@@ -146,3 +147,25 @@ def test_sigterm_gateway_finishes_in_flight_requests(stack: Stack) -> None:
         worker.stop()
         if gateway.poll() is None:
             gateway.kill()
+
+
+def test_rq_info_lists_each_models_queue_and_its_workers(stack: Stack) -> None:
+    """RQ's own monitor works on modelgate's Redis: operators can keep their RQ tooling."""
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "rq"),
+            "info",
+            "--url",
+            stack.redis_url,
+            "-R",
+            "-S",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for model in ("minilm", "tiny-cls", "tiny-rerank"):
+        assert f"{PREFIX}:{model}" in done.stdout, done.stdout
+    assert stack.workers["minilm"].name in done.stdout
