@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from gateway.problems import describe, field_path, relevant
+from gateway.problems import Described, describe
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -177,15 +177,6 @@ def _respond(request: Request, err: GatewayError) -> JSONResponse:
     return error_response(err, request.url.path, dialects)
 
 
-def _param(errors: list[dict[str, Any]]) -> str | None:
-    """The first invalid field's path in the body (OpenAI's error names it as ``param``)."""
-    for e in errors:
-        path = field_path(tuple(e.get("loc", ())))
-        if path:
-            return path
-    return None
-
-
 async def _on_gateway_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, GatewayError)
     if err.status_code >= 500:
@@ -195,16 +186,19 @@ async def _on_gateway_error(request: Request, err: Exception) -> JSONResponse:
 
 async def _on_validation_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, RequestValidationError)
-    errors = relevant(list(err.errors()))
     try:
         body: bytes | None = await request.body()
     except Exception:  # the body stream was consumed elsewhere: positions stay offsets
         body = None
-    content_type = request.headers.get("content-type", "")
-    message, problems = describe(errors, body, content_type)
-    invalid = InvalidInput(message, problems=problems)
-    invalid.param = _param(errors)
-    return _respond(request, invalid)
+    described = describe(list(err.errors()), body, request.headers.get("content-type", ""))
+    return _respond(request, invalid_input(described))
+
+
+def invalid_input(described: Described) -> InvalidInput:
+    """The 422 for a body that failed validation."""
+    invalid = InvalidInput(described.message, problems=described.problems)
+    invalid.param = described.param
+    return invalid
 
 
 def _allowed_methods(request: Request) -> str:

@@ -1,7 +1,7 @@
 """Files of the Batch API (uploaded inputs, produced outputs and errors), kept in Redis.
 
 A file is one hash: its bytes and its description. Files expire with the batches that use
-them (``files_ttl_s``), so nothing lingers; any gateway replica serves any file.
+them (``MODELGATE_JOB_TTL_S``), so nothing lingers; any gateway replica serves any file.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ the field paths, the JSON error says where (line and column), and a wrong conten
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 UNION_TAG = re.compile(r"^(constrained-)?(str|int|float|bool|bytes|list|dict|tuple)(\[.*\])?$")
@@ -27,7 +29,7 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p != "body" and not _tag(p))
 
 
-def _other_branch_went_in(error: dict[str, Any], errors: list[dict[str, Any]]) -> bool:
+def _other_branch_went_in(error: Mapping[str, Any], errors: Sequence[Mapping[str, Any]]) -> bool:
     """Whether another branch of the same union got further into the value than ``error``'s
     (which complains that a list or an object is not the scalar it wanted)."""
     loc = tuple(error["loc"])
@@ -42,7 +44,7 @@ def _other_branch_went_in(error: dict[str, Any], errors: list[dict[str, Any]]) -
     )
 
 
-def relevant(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def relevant(errors: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
     """The errors that concern what the client sent: a union branch's "should be a valid
     string" about a list is dropped when the list branch has its own complaint."""
     kept = [
@@ -68,22 +70,36 @@ def json_position(body: bytes, offset: int) -> str:
     return f"line {line} column {column}"
 
 
+@dataclass(frozen=True)
+class Described:
+    """A failed body as the API reports it."""
+
+    message: str
+    """The one problem, or how many there are."""
+    problems: list[str]
+    """Each problem with its field path."""
+    param: str | None
+    """The first invalid field's path (OpenAI's error names it as ``param``)."""
+
+
 def describe(
-    errors: list[dict[str, Any]], body: bytes | None, content_type: str
-) -> tuple[str, list[str]]:
-    """The message (the one problem, or how many) and each problem with its field path."""
+    errors: Sequence[Mapping[str, Any]], body: bytes | None, content_type: str
+) -> Described:
+    """``errors`` (pydantic's, with ``loc`` from the body) as a person reads them."""
     problems: dict[str, list[str]] = {}
-    for error in relevant(errors):
+    kept = relevant(errors)
+    for error in kept:
         where, text = _problem(error, body, content_type)
         problems.setdefault(where, [])
         if text not in problems[where]:
             problems[where].append(text)
     lines = [f"{where}: {', or '.join(texts)}" for where, texts in problems.items()]
     message = lines[0] if len(lines) == 1 else f"{len(lines)} problems in the request"
-    return message, lines
+    paths = (field_path(tuple(e.get("loc", ()))) for e in kept)
+    return Described(message, lines, next((p for p in paths if p), None))
 
 
-def _problem(error: dict[str, Any], body: bytes | None, content_type: str) -> tuple[str, str]:
+def _problem(error: Mapping[str, Any], body: bytes | None, content_type: str) -> tuple[str, str]:
     loc = tuple(error.get("loc", ()))
     kind = error.get("type", "")
     if kind == "json_invalid":

@@ -13,14 +13,15 @@ would refuse (unknown model, invalid input) goes to the error file with its stat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
+from contract.config import Registry
 from gateway.api.files import files_of
 from gateway.api.openai_compat import (
     OPENAI_ERRORS,
@@ -33,7 +34,10 @@ from gateway.api.routes import served
 from gateway.batches import BatchStore, Line, new_batch
 from gateway.cache import CacheMode
 from gateway.deps import InferenceDep, RegistryDep, SettingsDep
-from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge
+from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge, invalid_input
+from gateway.inference import Inference
+from gateway.problems import describe, field_path
+from gateway.settings import GatewaySettings
 from gateway.validation import prepare
 
 router = APIRouter(prefix="/v1", tags=["OpenAI Batch API"])
@@ -120,8 +124,7 @@ def parse_lines(content: bytes) -> tuple[list[_LineRequest], list[dict[str, Any]
             request = _LineRequest.model_validate_json(raw)
         except ValidationError as err:
             first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "line"
-            message = f"{where}: {first['msg']}"
+            message = f"{field_path(tuple(first['loc'])) or 'line'}: {first['msg']}"
             errors.append({"code": "invalid_request", "message": message, "line": number})
             continue
         if request.custom_id in seen:
@@ -139,17 +142,19 @@ def _refusal(err: GatewayError) -> dict[str, Any]:
 
 
 async def _submit(
-    line: _LineRequest, registry: Any, inference: Any, settings: Any, request_id: str
+    line: _LineRequest,
+    registry: Registry,
+    inference: Inference,
+    settings: GatewaySettings,
+    request_id: str,
 ) -> Line:
     """Queue one line's job, or record why the API refuses its request."""
     try:
         body = EmbeddingsRequest.model_validate(line.body)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        invalid = InvalidInput(f"body.{where}: {first['msg']}")
-        invalid.param = where
-        return Line(line.custom_id, refused=_refusal(invalid))
+        # The same 422 that /v1/embeddings answers for this body.
+        described = describe(err.errors(), None, "application/json")
+        return Line(line.custom_id, refused=_refusal(invalid_input(described)))
     try:
         spec = served(registry, body.model, "feature-extraction")
         parameters = {} if body.dimensions is None else {"dimensions": body.dimensions}
@@ -266,10 +271,9 @@ async def _finalize(
     outputs: list[bytes] = []
     errors: list[bytes] = []
     for line, status in zip(lines, statuses, strict=True):
-        entry = await _entry(batches, line, status)
-        (
-            outputs if entry["response"] and entry["response"]["status_code"] == 200 else errors
-        ).append(json.dumps(entry).encode())
+        entry = await _entry(batches, batch["id"], line, status)
+        answered = entry["response"] is not None and entry["response"]["status_code"] == 200
+        (outputs if answered else errors).append(json.dumps(entry).encode())
     now = int(time.time())
     for kind, entries in (("output", outputs), ("error", errors)):
         if entries:
@@ -283,10 +287,15 @@ async def _finalize(
     await batches.save(batch)
 
 
-async def _entry(batches: BatchStore, line: Line, status: str | None) -> dict[str, Any]:
-    """One line of the output or error file, as OpenAI writes it."""
+async def _entry(
+    batches: BatchStore, batch_id: str, line: Line, status: str | None
+) -> dict[str, Any]:
+    """One line of the output or error file, as OpenAI writes it; its id is derived from the
+    batch and the line's ``custom_id`` (unique in the batch), so a second finalizing writes
+    the same bytes."""
+    digest = hashlib.sha256(f"{batch_id}\0{line.custom_id}".encode()).hexdigest()[:32]
     entry: dict[str, Any] = {
-        "id": f"batch_req_{uuid.uuid4().hex}",
+        "id": f"batch_req_{digest}",
         "custom_id": line.custom_id,
         "response": None,
         "error": None,

@@ -138,3 +138,20 @@ def test_limits_and_unknown_ids(stack: Stack, client: openai.OpenAI) -> None:
     )
     assert r.status_code == 413, r.text
     assert "5001 requests" in r.json()["error"]["message"]
+
+
+def test_a_refused_line_reads_as_the_sync_api_answers_it(
+    stack: Stack, client: openai.OpenAI
+) -> None:
+    body = {"model": "minilm", "input": "x", "dimensions": "many"}
+    uploaded = client.files.create(
+        file=("r.jsonl", jsonl([request("bad", **body)])), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    final = wait_ended(client, batch.id)[-1]
+    (line,) = client.files.content(final.error_file_id).text.splitlines()  # type: ignore[attr-defined]
+    sync = httpx.post(f"{stack.url}/v1/embeddings", json=body, timeout=30)
+    assert json.loads(line)["response"]["status_code"] == sync.status_code == 422
+    assert json.loads(line)["response"]["body"] == sync.json()

@@ -38,9 +38,10 @@ def errors_of(value: Any) -> list[dict[str, Any]]:
 def test_a_union_reports_the_branch_the_client_meant(
     value: dict[str, Any], expected: list[str]
 ) -> None:
-    message, problems = describe(errors_of(value), None, "application/json")
-    assert problems == expected
-    assert message == expected[0]
+    described = describe(errors_of(value), None, "application/json")
+    assert described.problems == expected
+    assert described.message == expected[0]
+    assert described.param == expected[0].split(":")[0]  # the field of the first problem
 
 
 def test_json_errors_say_where() -> None:
@@ -51,7 +52,7 @@ def test_json_errors_say_where() -> None:
         "msg": "JSON decode error",
         "ctx": {"error": "Expecting value"},
     }
-    assert describe([error], body, "application/json")[0] == (
+    assert describe([error], body, "application/json").message == (
         "body: not valid JSON at line 2 column 16: Expecting value"
     )
     assert json_position("é\nab".encode(), 4) == "line 2 column 3"  # characters, not bytes
@@ -59,9 +60,9 @@ def test_json_errors_say_where() -> None:
 
 def test_a_body_sent_without_a_json_content_type_is_named() -> None:
     error = {"type": "model_attributes_type", "loc": ("body",), "msg": "Input should be..."}
-    message, _ = describe([error], b"inputs=x", "application/x-www-form-urlencoded")
-    assert message == (
+    described = describe([error], b"inputs=x", "application/x-www-form-urlencoded")
+    assert described.message == (
         "body: send a JSON object with 'content-type: application/json' "
         "(sent: application/x-www-form-urlencoded)"
     )
-    assert describe([error], b"[1]", "application/json")[0] == "body: must be a JSON object"
+    assert describe([error], b"[1]", "application/json").message == "body: must be a JSON object"
