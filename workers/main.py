@@ -94,32 +94,29 @@ def _cannot_load(spec: ModelSpec, err: Exception) -> str:
     return f"model {spec.name!r} ({spec.source.describe()}) cannot load: {cause}"
 
 
-def load_problem(spec: ModelSpec, registry: Registry) -> str | None:
-    """Why the model cannot load and answer its warm-up call (``modelgate check --load``)."""
+def try_load(spec: ModelSpec, registry: Registry) -> tuple[Engine | None, str | None]:
+    """The model loaded and warmed up; or None and why not, in one line (model, source,
+    cause; the traceback goes to the debug log)."""
     quiet_unless_terminal()
-    try:
-        build_engine(spec, registry.base_dir).warm_up()
-    except Exception as err:
-        log.debug("the load error in full", exc_info=True)
-        return _cannot_load(spec, err)
-    return None
-
-
-def _load(spec: ModelSpec, registry: Registry, connection: Redis, keys: Keys) -> Engine | None:
-    """The warmed-up engine; or None, with the cause logged in one line and left in Redis for
-    the gateway to answer with (``/models/{name}``, 503 ``model_unavailable``)."""
     try:
         engine = build_engine(spec, registry.base_dir)
         log.info("warm-up call took %.0f ms", 1000 * engine.warm_up())
     except Exception as err:
-        line = _cannot_load(spec, err)
-        log.error("%s", line)
         log.debug("the load error in full", exc_info=True)
-        with contextlib.suppress(RedisError, OSError):
-            connection.set(keys.load_error(spec.name), line, ex=LOAD_ERROR_TTL_S)
-        return None
+        return None, _cannot_load(spec, err)
+    return engine, None
+
+
+def _load(spec: ModelSpec, registry: Registry, connection: Redis, keys: Keys) -> Engine | None:
+    """The warmed-up engine; or None, with the cause logged and left in Redis for the gateway
+    to answer with (``/models/{name}``, 503 ``model_unavailable``)."""
+    engine, problem = try_load(spec, registry)
     with contextlib.suppress(RedisError, OSError):
-        connection.delete(keys.load_error(spec.name))
+        if problem:
+            log.error("%s", problem)
+            connection.set(keys.load_error(spec.name), problem, ex=LOAD_ERROR_TTL_S)
+        else:
+            connection.delete(keys.load_error(spec.name))
     return engine
 
 

@@ -140,11 +140,9 @@ def _count_tokens(engine: Runner, outcomes: list[Outcome]) -> None:
     except Exception:
         log.exception("counting the tokens of %d inputs failed; usage reports 0", len(items))
         return
-    start = 0
-    for outcome in done:
-        n = len(outcome.payload.inputs)  # type: ignore[union-attr]
-        outcome.tokens = counts[start : start + n]
-        start += n
+    sizes = [len(o.payload.inputs) for o in done]  # type: ignore[union-attr]
+    for outcome, tokens in zip(done, _slices(counts, sizes), strict=True):
+        outcome.tokens = tokens
 
 
 def _run_all(engine: Runner, jobs: Sequence[JobLike], now: float) -> list[Outcome]:
@@ -175,13 +173,21 @@ def _items(members: list[tuple[int, JobPayload]]) -> list[Item]:
     return [item for _, payload in members for item in payload.inputs]
 
 
+def _slices(values: list[Any], sizes: list[int]) -> list[list[Any]]:
+    """``values`` cut into consecutive runs of ``sizes``: one batch's results, per job."""
+    cuts, start = [], 0
+    for size in sizes:
+        cuts.append(values[start : start + size])
+        start += size
+    return cuts
+
+
 def _spread(
     members: list[tuple[int, JobPayload]], values: list[Any], outcomes: list[Outcome]
 ) -> None:
-    start = 0
-    for i, payload in members:
-        outcomes[i].value = values[start : start + len(payload.inputs)]
-        start += len(payload.inputs)
+    sizes = [len(payload.inputs) for _, payload in members]
+    for (i, _), value in zip(members, _slices(values, sizes), strict=True):
+        outcomes[i].value = value
 
 
 def _run_group(
