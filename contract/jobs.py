@@ -83,6 +83,16 @@ class Keys:
         """Hash of one batch (Batch API): its state and its lines' jobs."""
         return f"{self.prefix}:batch:{batch_id}"
 
+    def recent(self, model: str, start: int) -> str:
+        """Hash of one model's counters over the ten seconds from ``start`` (epoch seconds);
+        see :mod:`contract.recent`."""
+        return f"{self.prefix}:recent:{model}:{start}"
+
+    def recent_jobs(self) -> str:
+        """Sorted set of the newest async jobs' ids, scored by creation time (the dashboard's
+        list); trimmed to its newest entries on every submit."""
+        return f"{self.prefix}:recent_jobs"
+
     def replies(self, job_id: str) -> str:
         """Set of the inboxes to tell when a job ends (its owner's, and any joiner's)."""
         return f"{self.prefix}:replies:{job_id}"

@@ -9,7 +9,7 @@ import redis.asyncio as aredis
 from rq.queue import Queue
 
 from contract.config import ModelSpec
-from contract.jobs import Keys
+from contract.jobs import PRESENCE_TTL_S, Keys
 from gateway.census import memory
 from gateway.connections import redis_errors
 from gateway.errors import ModelUnavailable, Overloaded, RedisOutOfMemory
@@ -26,7 +26,7 @@ return {#names, redis.call('LLEN', KEYS[2]), fps}
 _LIVE_NAMES = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'WITHSCORES')
 """
 
 
@@ -70,15 +70,22 @@ class Admission:
         return raw.decode() if isinstance(raw, bytes) else None
 
     async def workers(self, model: str) -> list[dict[str, str]]:
+        """Each live worker's description, with ``last_beat``: when it last renewed its
+        presence (epoch seconds, the Redis server's clock)."""
         async with redis_errors():
-            names = await self._live_names(keys=[self.keys.presence(model)])
+            flat = await self._live_names(keys=[self.keys.presence(model)])
+            names, expiries = flat[0::2], flat[1::2]
             pipe = self.conn.pipeline(transaction=False)
             for name in names:
                 pipe.hgetall(self.keys.worker_info(name.decode()))
             infos = await pipe.execute()
         return [
-            {"name": n.decode(), **{k.decode(): v.decode() for k, v in info.items()}}
-            for n, info in zip(names, infos, strict=True)
+            {
+                "name": n.decode(),
+                **{k.decode(): v.decode() for k, v in info.items()},
+                "last_beat": str(float(expiry) - PRESENCE_TTL_S),
+            }
+            for n, expiry, info in zip(names, expiries, infos, strict=True)
         ]
 
     async def admit(self, spec: ModelSpec) -> ModelLoad:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -12,6 +14,7 @@ from contract.jobs import Keys
 from contract.logs import configure_logging
 from gateway.api import (
     batches,
+    dashboard,
     docs,
     files,
     jobs,
@@ -36,6 +39,8 @@ from gateway.jobs import JobStore
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.settings import GatewaySettings
+
+log = logging.getLogger("modelgate.gateway")
 
 DESCRIPTION = """Transformers models behind one API. Each model in models.yaml is served by its own
 worker processes; this gateway validates requests and routes them over Redis.
@@ -64,6 +69,8 @@ def create_app(
                 )
                 stack.push_async_callback(opened.close)
                 _attach(app, opened, settings)
+            flusher = asyncio.create_task(_flush_recent(app))
+            stack.push_async_callback(_stop_flushing, flusher, app)
             yield
 
     app = FastAPI(
@@ -76,7 +83,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.registry = registry
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(frozenset(spec.name for spec in registry.models))
     # Built once: a model's schemas are a pydantic model build (about 1 ms), not per request.
     app.state.model_schemas = {spec.name: model_schemas(spec) for spec in registry.models}
     if dispatcher is not None:
@@ -88,6 +95,7 @@ def create_app(
     app.state.error_dialects = dialects
     install_error_handlers(app)
     docs.install_docs(app)
+    dashboard.install_dashboard(app)
     adapters = (openai_compat.router, files.router, batches.router, rerank.router, oip.router)
     for router in (service.router, models.router, jobs.router, *adapters):
         app.include_router(router)
@@ -117,6 +125,28 @@ def _attach(app: FastAPI, dispatcher: Dispatcher, settings: GatewaySettings) -> 
     keys = Keys(settings.prefix)
     app.state.files = FileStore(dispatcher.conn, keys, settings.job_ttl_s)
     app.state.batches = BatchStore(dispatcher.conn, keys, app.state.jobs, settings.job_ttl_s)
+
+
+FLUSH_EVERY_S = 1.0
+"""How often a gateway process adds its counts to the recent-activity buckets."""
+
+
+async def _flush_recent(app: FastAPI) -> None:
+    dispatcher: Dispatcher = app.state.dispatcher
+    while True:
+        await asyncio.sleep(FLUSH_EVERY_S)
+        try:
+            await app.state.metrics.flush(dispatcher.conn, dispatcher.keys)
+        except Exception:  # the loop must outlive any one failure
+            log.exception("flushing recent activity failed")
+
+
+async def _stop_flushing(flusher: asyncio.Task[None], app: FastAPI) -> None:
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
+    with contextlib.suppress(Exception):
+        await app.state.metrics.flush(app.state.dispatcher.conn, app.state.dispatcher.keys)
 
 
 def from_env() -> FastAPI:

@@ -17,8 +17,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import NATIVE, ErrorDialects, Unauthorized, error_response
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
-"""Probes stay reachable without a key: orchestrators call them."""
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/dashboard"})
+"""Probes stay reachable without a key: orchestrators call them. So does the dashboard's page,
+which holds no data: it asks for a key when ``/status`` needs one."""
+OPEN_PREFIXES = ("/dashboard-assets/",)
+"""The page's static script and style."""
 
 
 def hash_key(key: str) -> str:
@@ -63,8 +66,15 @@ class ApiKeyMiddleware:
         return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path in OPEN_PATHS
+            or path.startswith(OPEN_PREFIXES)
+            or self._allowed(scope)
+        ):
             await self.app(scope, receive, send)
             return
         err = Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>'")
+        scope.setdefault("state", {})["error_code"] = err.code
         await error_response(err, scope["path"], self.dialects)(scope, receive, send)

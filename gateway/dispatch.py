@@ -115,6 +115,9 @@ that it has replied already: its outputs are in the cache."""
 GRACE_S = 60
 """How long a sync job's keys (job hash while queued, replies set, flight) outlive its timeout."""
 
+RECENT_JOBS_KEPT = 100
+"""How many of the newest async jobs the dashboard's list keeps."""
+
 RESULT_TTL_S = 24 * 3600
 """How long a finished or failed async job's result stays readable, unless the caller says."""
 
@@ -185,8 +188,18 @@ class Dispatcher:
         job_id = job_id or uuid.uuid4().hex
         async with redis_errors():
             await self._rq_server_version()
-            await self._send(self._job_commands(spec, payload, job_id, meta or {}, result_ttl_s))
+            commands = self._job_commands(spec, payload, job_id, meta or {}, result_ttl_s)
+            await self._send(commands + self._remember(job_id, result_ttl_s))
         return job_id
+
+    def _remember(self, job_id: str, ttl_s: int) -> list[tuple[Any, Any]]:
+        """List an async job among the recent ones (the dashboard's), keeping the newest."""
+        key = self.keys.recent_jobs()
+        return [
+            (("ZADD", key, time.time(), job_id), {}),
+            (("ZREMRANGEBYRANK", key, 0, -(RECENT_JOBS_KEPT + 1)), {}),
+            (("EXPIRE", key, ttl_s), {}),
+        ]
 
     async def run(self, spec: ModelSpec, payload: JobPayload) -> dict[str, Any]:
         """Run a sync request's job and return its result (see ``contract.jobs.job_result``),
@@ -302,7 +315,7 @@ class Dispatcher:
         result = job_result(outputs, "cache", 0.0, 0, tokens=tokens)
         Result.create(job, Result.Type.SUCCESSFUL, ttl_s, return_value=result, pipeline=recorder)
         recorder.expire(job.key, ttl_s)
-        commands = list(recorder.command_stack)
+        commands = list(recorder.command_stack) + self._remember(job_id, ttl_s)
         recorder.reset()
         async with redis_errors():
             await self._send(commands)

@@ -173,6 +173,7 @@ def error_response(
 
 
 def _respond(request: Request, err: GatewayError) -> JSONResponse:
+    request.state.error_code = err.code  # counted by code in the recent activity
     dialects: ErrorDialects = getattr(request.app.state, "error_dialects", NATIVE)
     return error_response(err, request.url.path, dialects)
 

@@ -7,16 +7,23 @@ scrape of any gateway replica shows the whole deployment, and workers need no op
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
+import redis.asyncio as aredis
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 
 from contract.config import Registry
+from contract.jobs import Keys
+from contract.recent import Tally
 from gateway.census import Census, RedisFacts
 from gateway.dispatch import Dispatcher
+
+log = logging.getLogger("modelgate.gateway")
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -103,9 +110,13 @@ class DeploymentCollector(Collector):
 
 
 class Metrics:
-    """The gateway's metrics, in a registry of its own (no process-global state)."""
+    """The gateway's metrics, in a registry of its own (no process-global state), and its share
+    of the recent-activity buckets (:mod:`contract.recent`), written by :meth:`flush`."""
 
-    def __init__(self) -> None:
+    def __init__(self, models: frozenset[str] = frozenset()) -> None:
+        self.models = models
+        """Configured models: only these get recent-activity buckets."""
+        self.recent: dict[str, Tally] = {}
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "modelgate_requests",
@@ -146,9 +157,23 @@ class Metrics:
         self.registry.register(self.redis)
         self._census: Census | None = None
 
-    def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+    def _tally(self, model: str) -> Tally | None:
+        if model not in self.models:
+            return None
+        return self.recent.setdefault(model, Tally())
+
+    def observe_request(
+        self, model: str, endpoint: str, status: int, seconds: float, code: str | None = None
+    ) -> None:
         self.requests.labels(model, endpoint, str(status)).inc()
         self.latency.labels(model, endpoint).observe(seconds)
+        tally = self._tally(model)
+        if tally is not None:
+            tally.add("requests")
+            tally.time("latency", seconds * 1000)
+            if status >= 400:
+                tally.add("errors")
+                tally.add(f"error:{code or f'http_{status}'}")
 
     def observe_job(self, model: str, queue_ms: float | None, inference_ms: float | None) -> None:
         if queue_ms is not None:
@@ -161,6 +186,25 @@ class Metrics:
             self.cache.labels(model, "hit").inc(hits)
         if misses:
             self.cache.labels(model, "miss").inc(misses)
+        tally = self._tally(model)
+        if tally is not None:
+            tally.add("cache_hit", hits)
+            tally.add("cache_miss", misses)
+
+    async def flush(self, conn: aredis.Redis, keys: Keys) -> None:
+        """Add what this process counted since the last flush to the recent-activity buckets,
+        in one round trip. Counts are dropped if Redis refuses them: the window is a view, not
+        a ledger, and Prometheus keeps the totals."""
+        taken, self.recent = self.recent, {}
+        if not taken:
+            return
+        pipe = conn.pipeline(transaction=False)
+        for model, tally in taken.items():
+            tally.write(pipe, keys, model)
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as err:
+            log.warning("recent activity not recorded: %s", err)
 
     async def render(self, registry: Registry, dispatcher: Dispatcher) -> bytes:
         self.deployment.snapshot = {

@@ -72,6 +72,7 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         err = PayloadTooLarge(f"request body is larger than {limit} bytes")
+        scope.setdefault("state", {})["error_code"] = err.code
         await error_response(err, scope["path"], self.dialects)(scope, receive, send)
 
 
@@ -123,7 +124,8 @@ class RequestContextMiddleware:
             or scope["state"].get("model")
             or scope.get("path_params", {}).get("name", "-")
         )
-        self.metrics.observe_request(model, endpoint, status, seconds)
+        code = scope["state"].get("error_code")
+        self.metrics.observe_request(model, endpoint, status, seconds, code)
         log.info(
             "%s %r %d %.1f ms",
             scope["method"],

@@ -27,9 +27,10 @@ from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from contract.cache import entry, item_key
-from contract.jobs import ERROR_META_KEY, Keys, is_oom, is_sync, job_result
+from contract.jobs import ERROR_META_KEY, PRESENCE_TTL_S, Keys, is_oom, is_sync, job_result
+from contract.recent import Tally
 from workers.replies import Replier
-from workers.tasks import InferenceError, JobLike, Outcome, Runner, run_jobs
+from workers.tasks import InferenceError, JobLike, Outcome, Runner, run_chunked, run_jobs
 
 BLOCKING_WAIT_MIN_S = 0.2
 """Below this, waiting for more jobs polls; above, it blocks in BLMOVE."""
@@ -114,6 +115,10 @@ class BatchingWorker(SimpleWorker):
         self.busy_since: float | None = None
         self.batch_timeout_s = float(policy.timeout_s)
         self.last_batch_items = 0
+        self.chunks: dict[str, int] = {}
+        """Chunks each job of the current batch ran in, for a job larger than a batch."""
+        self.calls: list[tuple[int, float]] = []
+        """The current batch's model calls: inputs and milliseconds of each."""
 
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
         """RQ's birth, and this worker's queues in RQ's queue registry: RQ adds a queue there
@@ -308,13 +313,55 @@ class BatchingWorker(SimpleWorker):
         started = time.perf_counter()
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
-                outcomes = run_jobs(self.engine, cast(Sequence[JobLike], jobs))
+                outcomes = self._run_jobs(jobs)
         except JobTimeoutException:
             err = InferenceError("inference_timeout", f"the batch ran over {timeout} s")
             outcomes = [Outcome(error=err) for _ in jobs]
         elapsed_ms = 1000 * (time.perf_counter() - started)
         self.log.debug("batch of %d jobs took %.1f ms", len(jobs), elapsed_ms)
         return outcomes, elapsed_ms
+
+    def _run_jobs(self, jobs: list[Job]) -> list[Outcome]:
+        """Jobs that fit a batch run together; a job larger than a batch runs alone, a batch at
+        a time, its progress recorded after each chunk. Each model call made is noted in
+        ``self.calls`` (inputs, milliseconds)."""
+        size = self.policy.max_size
+        self.chunks, self.calls = {}, []
+        large = [i for i, job in enumerate(jobs) if self._items([job]) > size]
+        small = [i for i in range(len(jobs)) if i not in large]
+        outcomes: list[Outcome] = [Outcome() for _ in jobs]
+        if small:
+            began = time.perf_counter()
+            together = run_jobs(self.engine, cast(Sequence[JobLike], [jobs[i] for i in small]))
+            ms = 1000 * (time.perf_counter() - began)
+            self.calls.append((self._items([jobs[i] for i in small]), ms))
+            for i, outcome in zip(small, together, strict=True):
+                outcomes[i] = outcome
+        for i in large:
+            job = cast(JobLike, jobs[i])
+            outcomes[i], self.chunks[jobs[i].id] = run_chunked(
+                self.engine, job, size, self._progress(jobs[i])
+            )
+        return outcomes
+
+    def _progress(self, job: Job) -> Callable[[int, int], None]:
+        """Notes each chunk's model call, and records ``{"done", "total"}`` in an async job's
+        meta (``GET /jobs/{id}`` shows it); a sync job's caller only waits for the answer."""
+        last_done, last_at = 0, time.perf_counter()
+
+        def record(done: int, total: int) -> None:
+            nonlocal last_done, last_at
+            at = time.perf_counter()
+            if done > last_done:
+                self.calls.append((done - last_done, 1000 * (at - last_at)))
+            last_done, last_at = done, at
+            if is_sync(job.result_ttl):
+                return
+            job.meta["progress"] = {"done": done, "total": total}
+            with self._unless_redis_down("recording progress"):
+                job.save_meta()
+
+        return record
 
     def _finish(
         self,
@@ -340,15 +387,12 @@ class BatchingWorker(SimpleWorker):
                     outcome.value,
                     self.fingerprint,
                     elapsed_ms,
-                    items,
+                    min(items, self.policy.max_size) if job.id in self.chunks else items,
                     _queue_ms(job),
                     outcome.tokens,
                 )
                 self._record_success(job, execution, value, pipe)
-            pipe.hincrby(self.keys.stats(self.model), "batches", 1)
-            pipe.hincrby(self.keys.stats(self.model), "jobs", len(jobs))
-            pipe.hincrby(self.keys.stats(self.model), "items", items)
-            pipe.hincrby(self.keys.stats(self.model), f"batch_size:{items}", 1)
+            self._count(pipe, jobs, outcomes, items, elapsed_ms)
             pipe.execute()
         for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
             if outcome.error is not None and not is_sync(job.result_ttl):
@@ -357,17 +401,50 @@ class BatchingWorker(SimpleWorker):
         if self.on_batch is not None:
             self.on_batch(items)
 
+    def _count(
+        self, pipe: Any, jobs: list[Job], outcomes: list[Outcome], items: int, elapsed_ms: float
+    ) -> None:
+        """The batch in the model's counters (``/metrics``), its recent-activity bucket (the
+        dashboard) and this worker's description (its last batch)."""
+        calls = self.calls or [(items, elapsed_ms)]  # none noted: the batch timed out
+        stats = self.keys.stats(self.model)
+        recent = Tally()
+        recent.add("jobs", len(jobs))
+        recent.add("items", items)
+        recent.add("batches", len(calls))
+        pipe.hincrby(stats, "batches", len(calls))
+        pipe.hincrby(stats, "jobs", len(jobs))
+        pipe.hincrby(stats, "items", items)
+        for size, ms in calls:
+            pipe.hincrby(stats, f"batch_size:{size}", 1)
+            recent.time("compute", ms)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            recent.time("queue", _queue_ms(job))
+            if outcome.error is not None and not is_sync(job.result_ttl):
+                recent.add(f"failed:{outcome.error.code}")
+        recent.write(pipe, self.keys, self.model)
+        described = self.keys.worker_info(self.name)
+        pipe.hset(described, mapping={"last_batch": calls[-1][0], "last_batch_at": time.time()})
+        pipe.expire(described, int(PRESENCE_TTL_S) + 60)
+
     def _log_done(
         self, jobs: list[Job], outcomes: list[Outcome], items: int, elapsed_ms: float
     ) -> None:
         for job, outcome in zip(jobs, outcomes, strict=True):
             if outcome.error is None:
                 request_id = outcome.payload.request_id if outcome.payload else ""
+                n = len(outcome.value or [])
+                chunks = self.chunks.get(job.id)
+                how = (
+                    f"in {chunks} chunks of up to {self.policy.max_size}"
+                    if chunks
+                    else f"in a batch of {items}"
+                )
                 self.log.info(
-                    "job %s done: %d inputs in a batch of %d, %.1f ms (request %s)",
+                    "job %s done: %d inputs %s, %.1f ms (request %s)",
                     job.id,
-                    len(outcome.value or []),
-                    items,
+                    n,
+                    how,
                     elapsed_ms,
                     request_id or "-",
                     extra={"job_id": job.id, "request_id": request_id, "model": self.model},

@@ -166,6 +166,7 @@ def serve(
         "device": engine.device,
         "dtype": spec.dtype,
         "fingerprint": engine.fingerprint,
+        "max_batch_size": str(spec.max_batch_size),
         "ready_at": str(time.time()),
     }
     reaper = Reaper(connection, keys, spec.name, worker.name)

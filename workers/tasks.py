@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -126,6 +126,43 @@ def run_jobs(engine: Runner, jobs: Sequence[JobLike], now: float | None = None) 
     outcomes = _run_all(engine, jobs, time.time() if now is None else now)
     _count_tokens(engine, outcomes)
     return outcomes
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Part of a job's inputs, run as a job of its own."""
+
+    id: str
+    func_name: str
+    kwargs: dict[str, Any]
+
+
+Progress = Callable[[int, int], None]
+"""Told ``(done, total)`` inputs after each chunk of a job."""
+
+
+def run_chunked(
+    engine: Runner, job: JobLike, size: int, on_chunk: Progress, now: float | None = None
+) -> tuple[Outcome, int]:
+    """Run one job's inputs ``size`` at a time, telling ``on_chunk`` after each chunk; the job's
+    Outcome (the first failing chunk fails the job) and the number of chunks it ran. A job
+    larger than a batch never becomes one model call of thousands of inputs."""
+    try:
+        payload = _admit(job, time.time() if now is None else now)
+    except InferenceError as err:
+        return Outcome(error=err), 0
+    total, values, tokens, chunks = len(payload.inputs), [], [], 0
+    on_chunk(0, total)
+    for start in range(0, total, size):
+        kwargs = {**payload.to_kwargs(), "inputs": payload.inputs[start : start + size]}
+        [part] = run_jobs(engine, [_Chunk(job.id, job.func_name, kwargs)], now)
+        chunks += 1
+        if part.error is not None or part.value is None:
+            return Outcome(error=part.error, payload=payload), chunks
+        values.extend(part.value)
+        tokens.extend(part.tokens or [0] * len(part.value))
+        on_chunk(len(values), total)
+    return Outcome(value=values, payload=payload, tokens=tokens), chunks
 
 
 def _count_tokens(engine: Runner, outcomes: list[Outcome]) -> None:

@@ -201,11 +201,17 @@ class WorkerInfo(BaseModel):
     device: str | None = None
     dtype: str | None = None
     fingerprint: str | None = Field(default=None, description="of the weights it serves")
+    max_batch_size: int | None = Field(default=None, description="most inputs per model call")
     ready_at: datetime | None = Field(
         default=None, description="when it announced itself (ISO 8601, UTC)"
     )
+    last_beat: datetime | None = Field(
+        default=None, description="when it last renewed its presence (Redis server's clock)"
+    )
+    last_batch: int | None = Field(default=None, description="inputs in its last model call")
+    last_batch_at: datetime | None = Field(default=None, description="when that call ended")
 
-    @field_validator("ready_at", mode="before")
+    @field_validator("ready_at", "last_beat", "last_batch_at", mode="before")
     @classmethod
     def _from_epoch(cls, value: Any) -> Any:
         """Workers record the epoch seconds; the API speaks ISO 8601 like the jobs do."""

@@ -34,7 +34,16 @@ def client_for(
 async def test_api_keys_guard_everything_but_the_probes(stack: Stack, tmp_path: object) -> None:
     client, dispatcher = client_for(stack, stack.redis_url, api_keys=hash_key("s3cret-key"))
     async with client:
-        for path in ("/", "/models", "/metrics", "/docs", "/openapi.json", "/jobs/" + "0" * 32):
+        paths = (
+            "/",
+            "/models",
+            "/metrics",
+            "/status",
+            "/docs",
+            "/openapi.json",
+            "/jobs/" + "0" * 32,
+        )
+        for path in paths:
             r = await client.get(path)
             assert r.status_code == 401, path
             assert r.json()["error"]["code"] == "unauthorized"
@@ -46,6 +55,9 @@ async def test_api_keys_guard_everything_but_the_probes(stack: Stack, tmp_path: 
         )
         assert r.status_code == 401
         assert (await client.get("/healthz")).status_code == 200
+        # The dashboard's page holds no data; it asks for a key when /status needs one.
+        assert (await client.get("/dashboard")).status_code == 200
+        assert (await client.get("/dashboard-assets/dashboard.js")).status_code == 200
         assert (await client.get("/readyz")).status_code in (200, 503)
         ok = await client.post(
             "/models/tiny-cls/predict",

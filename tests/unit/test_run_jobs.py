@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract.jobs import PREDICT_FUNC
-from workers.tasks import run_jobs
+from workers.tasks import run_chunked, run_jobs
 
 
 @dataclass
@@ -111,3 +111,36 @@ def test_object_items_reach_the_engine_as_they_were_queued() -> None:
     out = run_jobs(engine, [FakeJob("qa", {"inputs": [item]})])
     assert engine.calls == [([item], {})]
     assert out[0].error is None
+
+
+def test_a_job_larger_than_a_batch_runs_in_chunks_and_reports_each() -> None:
+    engine = RecordingEngine()
+    seen: list[tuple[int, int]] = []
+    texts = [f"t{i}" for i in range(10)]
+    outcome, chunks = run_chunked(
+        engine, job(0, texts, top_k=1), 4, lambda d, t: seen.append((d, t))
+    )
+    assert chunks == 3
+    assert [len(inputs) for inputs, _ in engine.calls] == [4, 4, 2]
+    assert outcome.value == [f"{t}|1" for t in texts]
+    assert outcome.tokens == [len(t) for t in texts]
+    assert seen == [(0, 10), (4, 10), (8, 10), (10, 10)]
+
+
+def test_a_failing_chunk_fails_the_job_and_stops_the_rest() -> None:
+    engine = RecordingEngine()
+    seen: list[tuple[int, int]] = []
+    texts = ["a", "b", "POISON", "c", "d", "e"]
+    outcome, chunks = run_chunked(engine, job(0, texts), 2, lambda d, t: seen.append((d, t)))
+    assert chunks == 2  # the third chunk never ran
+    assert outcome.error is not None and outcome.error.code == "inference_failed"
+    assert outcome.value is None
+    assert seen == [(0, 6), (2, 6)]
+
+
+def test_a_chunked_job_is_admitted_like_any_other() -> None:
+    engine = RecordingEngine()
+    bad = FakeJob("j9", {"inputs": ["a"] * 5}, func_name="os.system")
+    outcome, chunks = run_chunked(engine, bad, 2, lambda d, t: None)
+    assert chunks == 0 and engine.calls == []
+    assert outcome.error is not None and outcome.error.code == "forbidden_function"

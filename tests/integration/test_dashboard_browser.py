@@ -1,0 +1,144 @@
+"""The dashboard in a real headless Chromium (Debian's chromium and chromedriver, driven by
+Selenium): it loads with no console error, shows the served models, counts a request made during
+the test, cancels a queued job, and asks for an API key where the gateway needs one.
+
+Chromium is installed by the test setup (``tests/browser.py``) where it is missing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from gateway.auth import hash_key
+from modelgate.redis_server import free_port
+from tests.browser import chrome
+from tests.conftest import LIVE_MODELS, ROOT, Stack, gateway_up, paused_worker, process_env
+from tests.conftest import wait_until as wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WAIT_S = 30
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    driver = chrome(tmp_path_factory.mktemp("chromium"))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def loaded(driver: WebDriver, url: str) -> None:
+    driver.get(url)
+    WebDriverWait(driver, WAIT_S).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true"
+    )
+
+
+def field(driver: WebDriver, model: str, name: str) -> str:
+    row = driver.find_element(By.CSS_SELECTOR, f'#models tr[data-model="{model}"]')
+    return row.find_element(By.CSS_SELECTOR, f'[data-field="{name}"]').text
+
+
+def console_errors(driver: WebDriver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_the_dashboard_shows_models_and_counts_a_new_request(
+    stack: Stack, browser: WebDriver, tmp_path: Path
+) -> None:
+    loaded(browser, f"{stack.url}/dashboard")
+    for name in LIVE_MODELS:
+        assert field(browser, name, "workers").endswith("up"), name
+    assert field(browser, "ghost", "workers") == "down"
+    assert "models up" in browser.find_element(By.ID, "summary").text
+    worker_rows = browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr")
+    assert any("tiny-cls-w0" in row.text for row in worker_rows)
+
+    before = int(field(browser, "tiny-cls", "requests"))
+    r = httpx.post(
+        f"{stack.url}/models/tiny-cls/predict", json={"inputs": f"seen {uuid.uuid4().hex}"}
+    )
+    assert r.status_code == 200
+    WebDriverWait(browser, WAIT_S).until(lambda d: int(field(d, "tiny-cls", "requests")) > before)
+    assert field(browser, "tiny-cls", "latency")[0].isdigit()  # a p50, not the empty mark
+    browser.save_screenshot(str(tmp_path / "dashboard.png"))  # for a person; not kept in git
+    assert console_errors(browser) == []
+
+
+def test_a_queued_job_is_canceled_from_the_page(stack: Stack, browser: WebDriver) -> None:
+    loaded(browser, f"{stack.url}/dashboard")
+    with paused_worker(stack, "victim", "victim-dashboard"):
+        jobs = [
+            httpx.post(f"{stack.url}/models/victim/jobs", json={"inputs": f"wait {i}"})
+            for i in range(2)
+        ]
+        assert all(r.status_code == 202 for r in jobs), [r.text for r in jobs]
+        job_id = jobs[1].json()["job_id"]  # the first may already sit in the worker's hands
+        row = f'#jobs tr[data-job="{job_id}"]'
+        button = WebDriverWait(browser, WAIT_S).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, f"{row} button")
+        )
+        button.click()
+        WebDriverWait(browser, WAIT_S).until(
+            lambda d: (
+                d.find_element(By.CSS_SELECTOR, f'{row} [data-field="status"]').text == "canceled"
+            )
+        )
+        assert httpx.get(f"{stack.url}/jobs/{job_id}").json()["status"] == "canceled"
+    assert console_errors(browser) == []
+
+
+@pytest.fixture
+def keyed_gateway(stack: Stack) -> Iterator[str]:
+    """A second gateway on the session's Redis that needs the key ``dash-key``."""
+    port = free_port()
+    env = process_env(stack.redis_url, stack.config, MODELGATE_API_KEYS=hash_key("dash-key"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelgate", "gateway", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: gateway_up(url), 60, "the keyed gateway")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_the_page_asks_for_a_key_where_the_gateway_needs_one(
+    keyed_gateway: str, browser: WebDriver
+) -> None:
+    browser.get(f"{keyed_gateway}/dashboard")
+    form = WebDriverWait(browser, WAIT_S).until(
+        lambda d: (
+            d.find_element(By.ID, "key-form")
+            if d.find_element(By.ID, "key-form").is_displayed()
+            else None
+        )
+    )
+    assert "needs an API key" in browser.find_element(By.ID, "problem").text
+    browser.find_element(By.ID, "key").send_keys("dash-key")
+    form.find_element(By.TAG_NAME, "button").click()
+    WebDriverWait(browser, WAIT_S).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true"
+    )
+    assert field(browser, "tiny-cls", "workers").endswith("up")
+    # The one 401 before the key was given is the page's question, not an error of the page.
+    errors = [e for e in console_errors(browser) if "401" not in e]
+    assert errors == []

@@ -1,0 +1,115 @@
+"""``GET /status`` (what the dashboard and ``modelgate status`` show) and progress on large jobs,
+against the session's real stack."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from redis import Redis
+
+from tests.conftest import PREFIX, Stack, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def status(stack: Stack, **params: Any) -> dict[str, Any]:
+    r = httpx.get(f"{stack.url}/status", params=params, timeout=30)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def model(report: dict[str, Any], name: str) -> dict[str, Any]:
+    [found] = [m for m in report["models"] if m["name"] == name]
+    return found
+
+
+def test_status_lists_each_model_with_its_live_workers(stack: Stack) -> None:
+    report = status(stack)
+    assert report["window_s"] == 300 and report["bucket_s"] == 10
+    assert report["redis"]["used_bytes"] > 0
+    cls = model(report, "tiny-cls")
+    assert cls["ready"] and cls["task"] == "text-classification" and cls["max_batch_size"] == 8
+    [worker] = [w for w in cls["workers"] if w["name"] == "tiny-cls-w0"]
+    assert worker["pid"] == stack.workers["tiny-cls"].proc.pid
+    assert worker["max_batch_size"] == 8
+    beat = datetime.fromisoformat(worker["last_beat"])
+    assert abs((datetime.now(UTC) - beat).total_seconds()) < 5
+    ghost = model(report, "ghost")  # configured with no replicas
+    assert not ghost["ready"] and ghost["workers"] == []
+    assert len(cls["recent"]["requests_series"]) == 30
+
+
+def test_requests_and_errors_show_up_in_the_recent_figures(stack: Stack) -> None:
+    before = model(status(stack), "tiny-cls")["recent"]
+    texts = [f"status {uuid.uuid4().hex} {i}" for i in range(3)]
+    for text in texts:
+        r = httpx.post(f"{stack.url}/models/tiny-cls/predict", json={"inputs": text}, timeout=30)
+        assert r.status_code == 200
+    bad = httpx.post(f"{stack.url}/models/tiny-cls/predict", json={"inputs": 5}, timeout=30)
+    assert bad.status_code == 422
+    again = httpx.post(f"{stack.url}/models/tiny-cls/predict", json={"inputs": texts[0]})
+    assert again.headers["x-cache"] == "hit"
+
+    def counted() -> bool:
+        now = model(status(stack), "tiny-cls")["recent"]
+        return now["requests"] >= before["requests"] + 5
+
+    wait_until(counted, 15, "the gateway to flush its counts")
+    after = model(status(stack), "tiny-cls")["recent"]
+    assert after["errors"].get("invalid_input", 0) >= before["errors"].get("invalid_input", 0) + 1
+    assert after["jobs"] >= before["jobs"] + 3  # the workers' side, in the same buckets
+    assert after["cache_hits"] >= before["cache_hits"] + 1
+    assert after["cache_misses"] >= before["cache_misses"] + 3
+    assert after["latency_ms"]["p50"] is not None and after["compute_ms"]["p99"] is not None
+    assert after["queue_ms"]["p50"] is not None and after["mean_batch_size"] >= 1
+    assert after["requests_per_s"] > 0
+
+
+def test_a_job_larger_than_a_batch_runs_in_chunks_with_progress(
+    stack: Stack, redis_client: Redis
+) -> None:
+    texts = [f"chunked {uuid.uuid4().hex} {i}" for i in range(21)]  # tiny-cls: batches of 8
+    full = f"{PREFIX}:stats:tiny-cls"
+    calls_of_8 = int(redis_client.hget(full, "batch_size:8") or 0)
+    r = httpx.post(f"{stack.url}/models/tiny-cls/jobs", json={"inputs": texts}, timeout=30)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    done = httpx.get(f"{stack.url}/jobs/{job_id}", params={"wait": 30}, timeout=60).json()
+    assert done["status"] == "finished"
+    assert done["progress"] == {"done": 21, "total": 21}
+    sync = httpx.post(
+        f"{stack.url}/models/tiny-cls/predict",
+        json={"inputs": texts[:8]},
+        headers={"cache-control": "no-cache"},
+    ).json()
+    for got, want in zip(done["outputs"][:8], sync["outputs"], strict=True):
+        assert got["label"] == want["label"] and got["score"] == pytest.approx(want["score"])
+    assert int(redis_client.hget(full, "batch_size:8") or 0) >= calls_of_8 + 2
+    assert int(redis_client.hget(full, "batch_size:21") or 0) == 0  # never one call of 21
+    log = (stack.log_dir / "tiny-cls.log").read_text()
+    assert f"job {job_id} done: 21 inputs in 3 chunks of up to 8" in log
+    listed = [j for j in status(stack)["jobs"] if j["job_id"] == job_id]
+    assert listed and listed[0]["progress"] == {"done": 21, "total": 21}
+    assert listed[0]["model"] == "tiny-cls" and listed[0]["status"] == "finished"
+
+
+def test_status_refuses_a_window_it_cannot_cover(stack: Stack) -> None:
+    for window in (5, 601, "soon"):
+        r = httpx.get(f"{stack.url}/status", params={"window": window})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
+    assert len(status(stack, window=60)["models"][0]["recent"]["requests_series"]) == 6
+
+
+def test_the_dashboard_page_and_its_assets_are_served_by_the_gateway(stack: Stack) -> None:
+    page = httpx.get(f"{stack.url}/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for asset in ("/dashboard-assets/dashboard.js", "/dashboard-assets/dashboard.css"):
+        assert f'"{asset}"' in page.text
+        assert httpx.get(stack.url + asset).status_code == 200
+    assert "http://" not in page.text.replace('"http://www.w3.org', "")
+    assert "https://" not in page.text  # nothing from a CDN
