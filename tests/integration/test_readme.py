@@ -122,3 +122,26 @@ def test_the_classic_predict_answers_with_the_sentiment_model(served: int) -> No
     assert one["label"] == "negative", one
     info = httpx.get(url + "/models/sentiment", timeout=10).json()
     assert info["task"] == "text-classification" and info["ready"] is True
+
+
+def test_the_readme_status_command_works_as_written(served: int) -> None:
+    text = (ROOT / "README.md").read_text()
+    commands = [
+        shlex.split(line.strip(), comments=True)
+        for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+        for line in block.splitlines()
+        if line.strip().startswith("modelgate status")
+    ]
+    assert commands, "the README shows modelgate status"
+    env = {**os.environ, "MODELGATE_URL": f"http://127.0.0.1:{served}"}
+    for command in commands:
+        done = subprocess.run(
+            [sys.executable, "-m", "modelgate", *command[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env=env,
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        assert done.stdout.startswith(f"modelgate at http://127.0.0.1:{served}: 2 of 2 models up")

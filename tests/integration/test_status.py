@@ -3,6 +3,9 @@ against the session's real stack."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +14,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from tests.conftest import PREFIX, Stack, wait_until
+from modelgate.redis_server import free_port
+from tests.conftest import PREFIX, ROOT, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +117,38 @@ def test_the_dashboard_page_and_its_assets_are_served_by_the_gateway(stack: Stac
         assert httpx.get(stack.url + asset).status_code == 200
     assert "http://" not in page.text.replace('"http://www.w3.org', "")
     assert "https://" not in page.text  # nothing from a CDN
+
+
+def modelgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelgate", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_modelgate_status_prints_json_to_a_pipe_and_a_table_when_asked(stack: Stack) -> None:
+    piped = modelgate("status", "--url", stack.url, "--window", "60")
+    assert piped.returncode == 0, piped.stderr
+    report = json.loads(piped.stdout)
+    assert report["window_s"] == 60
+    assert {m["name"] for m in report["models"]} >= {"minilm", "tiny-cls", "ghost"}
+    table = modelgate("status", "--url", stack.url, "--table")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith(f"modelgate at {stack.url}: ")
+    header = next(line for line in lines if line.startswith("MODEL"))
+    assert "LATENCY ms p50/p99" in header and "ERRORS" in header
+    assert any(line.split()[:2] == ["ghost", "text-classification"] for line in lines)
+    assert any(line.startswith("tiny-cls-w0 ") for line in lines)  # the workers table
+
+
+def test_modelgate_status_says_in_one_line_what_is_wrong(stack: Stack) -> None:
+    down = modelgate("status", "--url", f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and down.stdout == ""
+    assert down.stderr.startswith("cannot reach a modelgate gateway at http://127.0.0.1:")
+    assert len(down.stderr.strip().splitlines()) == 1
+    wrong = modelgate("status", "--url", stack.url, "--window", "5")
+    assert wrong.returncode == 2 and "from 10 to 600" in wrong.stderr
