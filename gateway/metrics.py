@@ -25,6 +25,11 @@ from gateway.dispatch import Dispatcher
 
 log = logging.getLogger("modelgate.gateway")
 
+NO_MODEL = "-"
+"""The model label of a request that names none (``/healthz``, ``/metrics``)."""
+UNKNOWN = "unknown"
+"""The model label of a request naming a model that is not configured."""
+
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -165,6 +170,10 @@ class Metrics:
     def observe_request(
         self, model: str, endpoint: str, status: int, seconds: float, code: str | None = None
     ) -> None:
+        # Label values come only from configured models and routes: a name a client made up
+        # must not add series (memory here, load on the scraper) without bound.
+        if model not in self.models and model != NO_MODEL:
+            model = UNKNOWN
         self.requests.labels(model, endpoint, str(status)).inc()
         self.latency.labels(model, endpoint).observe(seconds)
         tally = self._tally(model)

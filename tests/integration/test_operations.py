@@ -75,6 +75,38 @@ def test_metrics_cover_requests_latency_batches_cache_queues_and_workers(stack: 
     assert metric(body, "modelgate_batch_size_bucket", model="tiny-cls", le="+Inf") >= 1
 
 
+def series(text: str) -> set[str]:
+    """The metric series of a Prometheus text (name and labels, without the value)."""
+    return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and line[0] != "#"}
+
+
+def test_made_up_names_add_no_metric_series(stack: Stack) -> None:
+    def made_up(client: httpx.Client, n: int) -> None:
+        for i in range(n):
+            name = f"card{uuid.uuid4().hex[:8]}"
+            kind = i % 4
+            if kind == 0:
+                r = client.post(f"/models/{name}/predict", json={"inputs": "x"})
+            elif kind == 1:
+                r = client.get(f"/models/{name}")
+            elif kind == 2:
+                r = client.post(f"/v2/models/{name}/infer", json={"inputs": []})
+            else:
+                r = client.get(f"/{name}")
+            assert r.status_code in (404, 422), (r.status_code, r.text)
+
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        made_up(client, 8)  # each kind of answer once: its series exist from here on
+        client.get("/metrics")  # and the scrape's own
+        before = series(client.get("/metrics").text)
+        made_up(client, 1000)
+        after = series(client.get("/metrics").text)
+    grown = {s for s in after - before if "modelgate_request" in s}
+    assert grown == set(), sorted(grown)[:10]
+    assert not any("card" in s for s in after)
+    assert any('model="unknown"' in s for s in after)
+
+
 def test_sigterm_worker_finishes_its_batch_takes_no_more_and_exits_0(
     stack: Stack, tmp_path: Path
 ) -> None:

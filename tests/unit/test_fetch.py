@@ -177,9 +177,19 @@ def test_hub_errors_are_explained() -> None:
     assert invalid == "invalid repository id or revision: Repo id must be..."
 
 
-def test_download_bars_are_off_when_not_on_a_terminal() -> None:
-    from huggingface_hub.utils import are_progress_bars_disabled
+def test_download_bars_are_off_when_not_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
 
+    bars = importlib.import_module("huggingface_hub.utils.tqdm")
+    are_progress_bars_disabled = bars.are_progress_bars_disabled
+    disable_progress_bars, enable_progress_bars = (
+        bars.disable_progress_bars,
+        bars.enable_progress_bars,
+    )
+    # The environment's HF_HUB_DISABLE_PROGRESS_BARS (set in CI) would pin them off.
+    monkeypatch.setattr(bars, "HF_HUB_DISABLE_PROGRESS_BARS", None)
+    was_disabled = are_progress_bars_disabled()
+    enable_progress_bars()  # as on a terminal where nothing turned them off
     seen: list[bool] = []
 
     class Watching(Recorder):
@@ -196,3 +206,5 @@ def test_download_bars_are_off_when_not_on_a_terminal() -> None:
         assert any(line.startswith("  hub-minilm: ok, /cache/") for line in lines)
     assert seen == [True, False]
     assert not are_progress_bars_disabled()  # put back as it was
+    if was_disabled:
+        disable_progress_bars()
