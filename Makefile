@@ -7,13 +7,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fmt bench bench-quick fuzz clean help
+.PHONY: run test lint fmt bench bench-lanes bench-quick fuzz clean help
 
 help:
 	@echo "make run    - start Redis, one worker per model replica and the gateway on :8000"
 	@echo "make test   - run the whole test suite (starts its own redis-server)"
 	@echo "make lint   - ruff and mypy --strict"
 	@echo "make bench  - throughput/latency benchmark (see bench/README.md)"
+	@echo "make bench-lanes - sync latency while a large async job runs (bench/README.md)"
 	@echo "make sentiment       - save models/sentiment (served by make run) from the shipped head"
 	@echo "make sentiment-train - train the sentiment head again from its corpus (minutes)"
 
@@ -41,6 +42,9 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.throughput
+
+bench-lanes: $(STAMP)
+	$(PY) -m bench.lanes
 
 fuzz: $(STAMP)
 	MODELGATE_FUZZ_EXAMPLES=$${MODELGATE_FUZZ_EXAMPLES:-300} $(PY) -m pytest tests/integration/test_fuzz.py $(PYTEST_ARGS)

@@ -758,15 +758,22 @@ def http_phases(
     return figs, breakdown
 
 
-def run(
-    args: argparse.Namespace, workdir: Path
-) -> tuple[list[Figure], dict[str, Any], dict[str, float] | None]:
+def setup(args: argparse.Namespace, workdir: Path) -> tuple[str, Path, ModelSpec]:
+    """The load generator (``--loadgen``, auto: wrk if on PATH), the run's models.yaml and the
+    model's entry."""
     loadgen = args.loadgen
     if loadgen == "auto":
         loadgen = "wrk" if shutil.which("wrk") else "httpx"
     config = write_config(Path(args.config), args.model, workdir / "models.yaml")
     spec = load_registry(config).get(args.model)
     assert spec is not None
+    return loadgen, config, spec
+
+
+def run(
+    args: argparse.Namespace, workdir: Path
+) -> tuple[list[Figure], dict[str, Any], dict[str, float] | None]:
+    loadgen, config, spec = setup(args, workdir)
     info = run_info(args, loadgen)
     stack = Stack(workdir, config, args.model, args.worker_threads)
     levels = [c for c in args.concurrency.split(",") if c.strip()]

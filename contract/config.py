@@ -84,6 +84,9 @@ class ModelSpec(_Strict):
     max_job_inputs: Annotated[int, Field(gt=0, le=1_000_000)] = 10_000
     max_chars: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
     max_queue: Annotated[int, Field(gt=0)] = 10_000
+    bulk_share: Annotated[float, Field(gt=0, le=1)] = 0.25
+    """The share of a worker's batches that bulk work (async jobs, Batch API) gets while
+    interactive requests wait too; bulk takes everything when nothing else waits."""
     truncation: bool = True
     cache_ttl_s: Annotated[int, Field(ge=0)] = 3600
     replicas: Annotated[int, Field(ge=0, le=64)] = 1

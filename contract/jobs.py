@@ -36,15 +36,41 @@ SYNC_FAILURE_TTL_S = 60
 """A sync job's ``failure_ttl``, for a failure recorded by RQ itself rather than replied."""
 
 
+INTERACTIVE = "interactive"
+"""The lane of sync requests (``/predict`` and the client APIs' sync calls)."""
+
+BULK = "bulk"
+"""The lane of async jobs and Batch API lines."""
+
+LANES = (INTERACTIVE, BULK)
+
+BULK_SUFFIX = ":bulk"
+"""How a bulk lane's queue name ends."""
+
+
 @dataclass(frozen=True)
 class Keys:
     """Redis key and queue names under one prefix."""
 
     prefix: str = DEFAULT_PREFIX
 
-    def queue(self, model: str) -> str:
-        """The RQ queue name for a model (RQ stores it at ``rq:queue:<name>``)."""
+    def queue(self, model: str, lane: str = INTERACTIVE) -> str:
+        """The RQ queue name of a model's lane (RQ stores it at ``rq:queue:<name>``): sync
+        requests go to the interactive lane, async jobs and Batch API lines to the bulk one."""
+        if lane == BULK:
+            return f"{self.prefix}:{model}{BULK_SUFFIX}"
         return f"{self.prefix}:{model}"
+
+    def cancel(self, job_id: str) -> str:
+        """Set when a client cancels a job a worker is running in chunks: the worker stops it
+        at the next chunk boundary."""
+        return f"{self.prefix}:cancel:{job_id}"
+
+    def chunks(self, job_id: str) -> str:
+        """Hash of a large job's finished chunks (index to outputs and tokens), so a worker
+        that picks the job up again (after a kill, or after yielding to interactive work)
+        never computes a chunk twice; gone once the job's result is written."""
+        return f"{self.prefix}:chunks:{job_id}"
 
     def presence(self, model: str) -> str:
         """Sorted set of live worker names scored by the time their presence expires."""

@@ -12,7 +12,8 @@ A bucket is a hash at ``Keys.recent(model, start)``; its fields are counters:
   ``cache_miss`` (per input item);
 - workers: ``batches`` (model calls), ``items``, ``jobs``, ``queue:<bin>`` (per job),
   ``compute:<bin>`` (per model call), ``failed:<code>`` (async jobs; a sync job's failure is
-  the gateway's error).
+  the gateway's error); per lane (``interactive``, ``bulk``): ``jobs_<lane>``,
+  ``items_<lane>`` and ``wait_<lane>:<bin>`` (a job's wait in that lane).
 
 Times are binned on :data:`BOUNDS_MS`; quantiles interpolate within a bin, so p50/p99 are as
 exact as the bins (a bin's upper bound is at most 1.5 times its lower one from 2 ms to 100 ms).
@@ -46,8 +47,12 @@ BOUNDS_MS = (
 )  # fmt: skip
 """Upper bounds of the time bins, in milliseconds; a last bin takes the rest."""
 
-TIMES = ("latency", "queue", "compute")
-"""The binned times: a request at the gateway, a job's wait for a worker, one model call."""
+LANES = ("interactive", "bulk")
+"""The lanes of a model's work (``contract.jobs.LANES``)."""
+
+TIMES = ("latency", "queue", "compute", *(f"wait_{lane}" for lane in LANES))
+"""The binned times: a request at the gateway, a job's wait for a worker, one model call, and
+a job's wait in each lane."""
 
 
 def bucket_of(t: float) -> int:
@@ -119,14 +124,11 @@ def summarize(buckets: list[tuple[int, dict[str, int]]], now: float) -> dict[str
             hists[kind][int(rest)] = n
         elif kind in ("error", "failed") and rest:
             errors[rest] = errors.get(rest, 0) + n
-    recent = [c.get("requests", 0) for start, c in buckets if start >= now - RATE_S]
-    first = min((start for start, _ in buckets if start >= now - RATE_S), default=now)
-    span = max(1.0, now - first)
     batches, items = total.get("batches", 0), total.get("items", 0)
     hits, misses = total.get("cache_hit", 0), total.get("cache_miss", 0)
     return {
         "requests": total.get("requests", 0),
-        "requests_per_s": round(sum(recent) / span, 3),
+        "requests_per_s": _rate(buckets, now, "requests"),
         "requests_series": [c.get("requests", 0) for _, c in buckets],
         "errors": dict(sorted(errors.items())),
         "latency_ms": _quantiles(hists["latency"]),
@@ -139,7 +141,23 @@ def summarize(buckets: list[tuple[int, dict[str, int]]], now: float) -> dict[str
         "cache_hits": hits,
         "cache_misses": misses,
         "cache_hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+        "lanes": {
+            lane: {
+                "jobs": total.get(f"jobs_{lane}", 0),
+                "items": total.get(f"items_{lane}", 0),
+                "items_per_s": _rate(buckets, now, f"items_{lane}"),
+                "wait_ms": _quantiles(hists[f"wait_{lane}"]),
+            }
+            for lane in LANES
+        },
     }
+
+
+def _rate(buckets: list[tuple[int, dict[str, int]]], now: float, name: str) -> float:
+    """A counter's rate per second over the last :data:`RATE_S` seconds."""
+    recent = [(start, c.get(name, 0)) for start, c in buckets if start >= now - RATE_S]
+    first = min((start for start, _ in recent), default=now)
+    return round(sum(n for _, n in recent) / max(1.0, now - first), 3)
 
 
 def _quantiles(hist: dict[int, int]) -> dict[str, float | None]:

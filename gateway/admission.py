@@ -9,7 +9,7 @@ import redis.asyncio as aredis
 from rq.queue import Queue
 
 from contract.config import ModelSpec
-from contract.jobs import PRESENCE_TTL_S, Keys
+from contract.jobs import BULK, INTERACTIVE, PRESENCE_TTL_S, Keys
 from gateway.census import memory
 from gateway.connections import redis_errors
 from gateway.errors import ModelUnavailable, Overloaded, RedisOutOfMemory
@@ -20,7 +20,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local names = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 local fps = {}
 if #names > 0 then fps = redis.call('HMGET', KEYS[3], unpack(names)) end
-return {#names, redis.call('LLEN', KEYS[2]), fps}
+return {#names, redis.call('LLEN', KEYS[2]), fps, redis.call('LLEN', KEYS[4])}
 """
 
 _LIVE_NAMES = """
@@ -36,7 +36,13 @@ class ModelLoad:
 
     live_workers: int
     queue_depth: int
+    """Jobs waiting in the interactive lane (sync requests)."""
     fingerprints: frozenset[str] = frozenset()
+    bulk_depth: int = 0
+    """Jobs waiting in the bulk lane (async jobs, Batch API lines)."""
+
+    def depth(self, lane: str) -> int:
+        return self.bulk_depth if lane == BULK else self.queue_depth
 
     @property
     def fingerprint(self) -> str | None:
@@ -53,14 +59,20 @@ class Admission:
         self._live = conn.register_script(_LIVE)
         self._live_names = conn.register_script(_LIVE_NAMES)
 
-    def _queue_key(self, model: str) -> str:
-        return Queue.redis_queue_namespace_prefix + self.keys.queue(model)
+    def _queue_key(self, model: str, lane: str) -> str:
+        return Queue.redis_queue_namespace_prefix + self.keys.queue(model, lane)
 
     async def load(self, model: str) -> ModelLoad:
-        keys = [self.keys.presence(model), self._queue_key(model), self.keys.fingerprints(model)]
+        keys = [
+            self.keys.presence(model),
+            self._queue_key(model, INTERACTIVE),
+            self.keys.fingerprints(model),
+            self._queue_key(model, BULK),
+        ]
         async with redis_errors():
-            live, depth, fps = await self._live(keys=keys)
-        return ModelLoad(int(live), int(depth), frozenset(f.decode() for f in fps if f))
+            live, depth, fps, bulk = await self._live(keys=keys)
+        fingerprints = frozenset(f.decode() for f in fps if f)
+        return ModelLoad(int(live), int(depth), fingerprints, int(bulk))
 
     async def load_error(self, model: str) -> str | None:
         """Why the model's last worker could not load it, while that stands (see
@@ -88,8 +100,9 @@ class Admission:
             for n, expiry, info in zip(names, expiries, infos, strict=True)
         ]
 
-    async def admit(self, spec: ModelSpec) -> ModelLoad:
-        """Refuse at once what no worker would serve soon: no live worker, or a full queue."""
+    async def admit(self, spec: ModelSpec, lane: str = INTERACTIVE) -> ModelLoad:
+        """Refuse at once what no worker would serve soon: no live worker, or a full queue in
+        the lane the work would join."""
         load = await self.load(spec.name)
         if load.live_workers == 0:
             if await self._full():
@@ -99,9 +112,10 @@ class Admission:
             if cause:
                 raise ModelUnavailable(f"{cause}; its workers retry, fix the model to serve it")
             raise ModelUnavailable(f"no live worker serves model {spec.name!r}; try again later")
-        if load.queue_depth >= spec.max_queue:
+        if load.depth(lane) >= spec.max_queue:
             raise Overloaded(
-                f"model {spec.name!r} has {load.queue_depth} jobs queued", retry_after_s=1
+                f"model {spec.name!r} has {load.depth(lane)} {lane} jobs queued",
+                retry_after_s=1,
             )
         return load
 

@@ -27,11 +27,13 @@ from rq.utils import now as rq_now
 
 from contract.config import ModelSpec
 from contract.jobs import (
+    BULK,
     ERR_DEADLINE_EXCEEDED,
     ERR_INPUT_TOO_LONG,
     ERR_INVALID_INPUT,
     ERR_WORKER_LOST,
     ERROR_META_KEY,
+    INTERACTIVE,
     PREDICT_FUNC,
     SYNC_FAILURE_TTL_S,
     SYNC_RESULT_TTL_S,
@@ -64,6 +66,7 @@ if status ~= 'queued' then return status or 'unknown' end
 if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then
   return 'already taken by a worker'
 end
+redis.call('DEL', KEYS[5])
 if ARGV[2] == '0' then
   redis.call('DEL', KEYS[1], KEYS[4])
   return 'canceled'
@@ -75,7 +78,8 @@ return 'canceled'
 """
 """Cancel only what no worker has taken: the job's id must still be in the queue list, and
 removing it there is what makes it canceled, in one atomic step. With a TTL of 0 (a sync job
-whose caller gave up) the job is deleted instead of kept as canceled."""
+whose caller gave up) the job is deleted instead of kept as canceled. The chunks a large job
+finished before it yielded go with it."""
 
 ENDED_REGISTRIES = (FinishedJobRegistry, FailedJobRegistry, CanceledJobRegistry)
 """Where RQ lists a job that has ended, by queue."""
@@ -87,7 +91,7 @@ if status == 'started' then return 'started' end
 if status == 'queued' and redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then
   return 'started'
 end
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[7], KEYS[8])
 for i = 4, 6 do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 'deleted'
 """
@@ -184,11 +188,12 @@ class Dispatcher:
         meta: dict[str, Any] | None = None,
         result_ttl_s: int = RESULT_TTL_S,
     ) -> str:
-        """Queue an async job: its result stays readable for ``result_ttl_s``."""
+        """Queue an async job in the model's bulk lane: its result stays readable for
+        ``result_ttl_s``."""
         job_id = job_id or uuid.uuid4().hex
         async with redis_errors():
             await self._rq_server_version()
-            commands = self._job_commands(spec, payload, job_id, meta or {}, result_ttl_s)
+            commands = self._job_commands(spec, payload, job_id, meta or {}, result_ttl_s, BULK)
             await self._send(commands + self._remember(job_id, result_ttl_s))
         return job_id
 
@@ -298,7 +303,7 @@ class Dispatcher:
         job_id = uuid.uuid4().hex
         async with redis_errors():
             await self._rq_server_version()
-        queue = self._queue(spec.name)
+        queue = self._queue(spec.name, BULK)
         job = queue.create_job(
             PREDICT_FUNC,
             kwargs=payload.to_kwargs(),
@@ -346,6 +351,7 @@ class Dispatcher:
             queue_key,
             f"rq:canceled:{queue_name}",
             self.keys.replies(job_id),
+            self.keys.chunks(job_id),
         ]
         async with redis_errors():
             outcome = await self._cancel(keys=keys, args=[job_id, ttl_s, int(time.time()) + ttl_s])
@@ -360,6 +366,7 @@ class Dispatcher:
             Result.get_key(job_id),
             *(r.key_template.format(queue_name) for r in ENDED_REGISTRIES),
             self.keys.replies(job_id),
+            self.keys.chunks(job_id),
         ]
         async with redis_errors():
             outcome = await self._delete(keys=keys, args=[job_id])
@@ -369,11 +376,12 @@ class Dispatcher:
         with contextlib.suppress(RedisError, OSError):
             await self._release(keys=[flight], args=[job_id])
 
-    def _queue(self, model: str) -> Queue:
-        queue = self._queues.get(model)
+    def _queue(self, model: str, lane: str = INTERACTIVE) -> Queue:
+        name = self.keys.queue(model, lane)
+        queue = self._queues.get(name)
         if queue is None:
-            queue = Queue(self.keys.queue(model), connection=self.sync, serializer=JSONSerializer)
-            self._queues[model] = queue
+            queue = Queue(name, connection=self.sync, serializer=JSONSerializer)
+            self._queues[name] = queue
         return queue
 
     async def _rq_server_version(self) -> None:
@@ -400,10 +408,11 @@ class Dispatcher:
         job_id: str,
         meta: dict[str, Any],
         result_ttl_s: int,
+        lane: str = INTERACTIVE,
     ) -> list[tuple[Any, Any]]:
         """The commands RQ's own enqueue would send, recorded instead of sent, so the event loop
         writes them in one async round trip with no thread and no blocking call."""
-        queue = self._queue(spec.name)
+        queue = self._queue(spec.name, lane)
         timeout = self._job_timeout(spec, payload)
         sync = result_ttl_s == SYNC_RESULT_TTL_S
         job = queue.create_job(

@@ -13,7 +13,7 @@ from typing import Any
 
 from contract.cache import flight_key
 from contract.config import ModelSpec
-from contract.jobs import JobPayload
+from contract.jobs import BULK, JobPayload
 from contract.tasks import Item, shaping
 from gateway.cache import MISSING, CacheMode, Lookup, ResponseCache
 from gateway.dispatch import Dispatcher
@@ -62,9 +62,9 @@ class Inference:
         job_ttl_s: int,
         priority: str = "low",
     ) -> tuple[str, bool]:
-        """Queue an async job; one the cache answers whole is created already finished.
-        Returns the job's id and whether it is finished already."""
-        load = await self.dispatcher.admission.admit(spec)
+        """Queue an async job (the model's bulk lane); one the cache answers whole is created
+        already finished. Returns the job's id and whether it is finished already."""
+        load = await self.dispatcher.admission.admit(spec, BULK)
         fingerprint = (
             load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any
 
 from rq.intermediate_queue import IntermediateQueue
@@ -26,6 +27,10 @@ TERMINAL = {"finished", "failed", "canceled", "stopped"}
 
 MAX_WAIT_S = 60.0
 """Longest ``?wait=`` a client may ask for."""
+
+CANCEL_FLAG_TTL_S = 3600
+"""How long a cancel waits for a running job's next chunk boundary (a job that ends first
+simply finishes)."""
 
 
 class JobStore:
@@ -138,15 +143,22 @@ class JobStore:
             raw = await pipe.execute()
         return [None if r is None else r.decode() for r in raw]
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str) -> tuple[dict[str, Any], bool]:
+        """Cancel a job: a queued one at once; one a worker runs in chunks at its next chunk
+        boundary. The job's state, and whether its cancel is still to happen."""
         data = await self._hash(job_id)
         outcome = await self.dispatcher.cancel_queued(job_id, data["origin"], self.job_ttl_s)
+        chunked = "progress" in (json.loads(data["meta"]) if data.get("meta") else {})
+        if outcome != "canceled" and chunked and data.get("status") in ("queued", "started"):
+            async with redis_errors():
+                await self.conn.set(self.dispatcher.keys.cancel(job_id), 1, ex=CANCEL_FLAG_TTL_S)
+            return await self.get(job_id), True
         if outcome != "canceled":
             raise JobNotCancelable(
                 f"job {job_id!r} is {outcome}; only a job still in the queue can be canceled",
                 status=outcome,
             )
-        return await self.get(job_id)
+        return await self.get(job_id), False
 
     async def cancel_quietly(self, job_id: str) -> bool:
         """Cancel the job if it is still queued; whether it was."""

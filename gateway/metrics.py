@@ -85,7 +85,9 @@ class DeploymentCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         depth = GaugeMetricFamily(
-            "modelgate_queue_depth", "jobs waiting in the model's queue", labels=["model"]
+            "modelgate_queue_depth",
+            "jobs waiting in the model's lane (interactive: sync requests; bulk: async jobs)",
+            labels=["model", "lane"],
         )
         live = GaugeMetricFamily(
             "modelgate_live_workers", "workers heart-beating for the model", labels=["model"]
@@ -100,7 +102,8 @@ class DeploymentCollector(Collector):
             "modelgate_batch_size", "inputs per batched model call", labels=["model"]
         )
         for model, snap in sorted(self.snapshot.items()):
-            depth.add_metric([model], snap["queue_depth"])
+            depth.add_metric([model, "interactive"], snap["queue_depth"])
+            depth.add_metric([model, "bulk"], snap["bulk_queue_depth"])
             live.add_metric([model], snap["live_workers"])
             stats: dict[str, int] = snap["stats"]
             jobs.add_metric([model], stats.get("jobs", 0))
@@ -232,4 +235,9 @@ async def _snapshot(model: str, dispatcher: Dispatcher) -> dict[str, Any]:
     load = await dispatcher.admission.load(model)
     raw = await dispatcher.conn.hgetall(dispatcher.keys.stats(model))
     stats = {k.decode(): int(v) for k, v in raw.items()}
-    return {"queue_depth": load.queue_depth, "live_workers": load.live_workers, "stats": stats}
+    return {
+        "queue_depth": load.queue_depth,
+        "bulk_queue_depth": load.bulk_depth,
+        "live_workers": load.live_workers,
+        "stats": stats,
+    }

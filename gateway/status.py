@@ -63,6 +63,7 @@ async def _model(
         "ready": load.live_workers > 0,
         "live_workers": load.live_workers,
         "queue_depth": load.queue_depth,
+        "bulk_queue_depth": load.bulk_depth,
         "max_batch_size": spec.max_batch_size,
         "load_error": None if load.live_workers else await admission.load_error(spec.name),
         "workers": await admission.workers(spec.name),

@@ -70,8 +70,9 @@ def render(report: dict[str, Any], url: str) -> str:
         f"the last {report['window_s']} s",
         "",
     ]
-    header = ["MODEL", "TASK", "DEVICE", "WORKERS", "QUEUE", "REQUESTS", "REQ/S"]
-    header += ["LATENCY ms p50/p99", "QUEUE ms", "COMPUTE ms", "BATCH", "CACHE", "ERRORS"]
+    header = ["MODEL", "TASK", "DEVICE", "WORKERS", "QUEUE i/b", "REQUESTS", "REQ/S"]
+    header += ["LATENCY ms p50/p99", "QUEUE ms", "COMPUTE ms", "BATCH", "CACHE", "BULK/s"]
+    header += ["ERRORS"]
     rows = []
     for m in models:
         r = m["recent"]
@@ -83,7 +84,7 @@ def render(report: dict[str, Any], url: str) -> str:
                 m["task"],
                 m["device"],
                 str(m["live_workers"]) if m["ready"] else "down",
-                str(m["queue_depth"]),
+                f"{m['queue_depth']}/{m['bulk_queue_depth']}",
                 str(r["requests"]),
                 f"{r['requests_per_s']:.2f}",
                 _ms(r["latency_ms"]),
@@ -91,6 +92,7 @@ def render(report: dict[str, Any], url: str) -> str:
                 _ms(r["compute_ms"]),
                 "-" if r["mean_batch_size"] is None else f"{r['mean_batch_size']:.1f}",
                 "-" if ratio is None else f"{100 * ratio:.0f}%",
+                f"{r['lanes']['bulk']['items_per_s']:.1f}",
                 errors,
             ]
         )

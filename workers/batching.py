@@ -27,10 +27,34 @@ from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from contract.cache import entry, item_key
-from contract.jobs import ERROR_META_KEY, PRESENCE_TTL_S, Keys, is_oom, is_sync, job_result
+from contract.jobs import (
+    BULK,
+    BULK_SUFFIX,
+    ERROR_META_KEY,
+    INTERACTIVE,
+    PRESENCE_TTL_S,
+    Keys,
+    is_oom,
+    is_sync,
+    job_result,
+)
 from contract.recent import Tally
+from workers.chunks import RedisChunks
+from workers.lanes import LINGER_S, LanePolicy, LaneQueue
 from workers.replies import Replier
-from workers.tasks import InferenceError, JobLike, Outcome, Runner, run_chunked, run_jobs
+from workers.tasks import (
+    GO_ON,
+    STOP,
+    YIELD,
+    ChunkStore,
+    InferenceError,
+    JobLike,
+    MemoryChunks,
+    Outcome,
+    Runner,
+    run_chunked,
+    run_jobs,
+)
 
 BLOCKING_WAIT_MIN_S = 0.2
 """Below this, waiting for more jobs polls; above, it blocks in BLMOVE."""
@@ -64,6 +88,13 @@ def _full_as_refusal() -> Iterator[None]:
             raise RedisFull(str(err)) from err
         raise
 
+
+SHARED_FOR_S = 1.0
+"""Interactive work seen this recently makes a large job's chunks smaller."""
+
+SHARED_CHUNK_DIVISOR = 6
+"""A large job's chunk while interactive work comes in: this fraction of ``max_batch_size``
+(a request waits at most about one such chunk, at some cost to the job's throughput)."""
 
 REDIS_RETRY_S = 30.0
 """How long a batch keeps retrying its start or its results while Redis is away."""
@@ -101,9 +132,18 @@ class BatchingWorker(SimpleWorker):
         fingerprint: str = "",
         on_batch: Callable[[int], None] | None = None,
         cache_connection: redis.Redis | None = None,
+        lanes: LanePolicy | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(queues, **kwargs)
+        self.lanes = lanes or LanePolicy(1.0)
+        self.interactive = queues[0]
+        """The lane whose waiting work a large job yields to between its chunks."""
+        self.interactive_at = float("-inf")
+        """When interactive work was last seen (``time.monotonic()``): while it is recent, a
+        large job runs in smaller chunks, so that a request never waits long behind one."""
+        self.stores: dict[str, RedisChunks] = {}
+        """The chunk stores of the current batch's large async jobs."""
         self.cache_connection = cache_connection
         self.replier = Replier(self.connection, keys)
         self.engine = engine
@@ -116,7 +156,7 @@ class BatchingWorker(SimpleWorker):
         self.batch_timeout_s = float(policy.timeout_s)
         self.last_batch_items = 0
         self.chunks: dict[str, int] = {}
-        """Chunks each job of the current batch ran in, for a job larger than a batch."""
+        """Chunks each large job of the current batch computed in this run."""
         self.calls: list[tuple[int, float]] = []
         """The current batch's model calls: inputs and milliseconds of each."""
 
@@ -125,6 +165,13 @@ class BatchingWorker(SimpleWorker):
         only when it enqueues, so without this ``rq info`` lists no queue until a job came."""
         super().register_birth(*args, **kwargs)
         self.connection.sadd(Queue.redis_queues_keys, *(q.key for q in self.queues))
+
+    def reorder_queues(self, reference_queue: Queue) -> None:
+        """The lane the next batch comes from first (see :class:`workers.lanes.LanePolicy`)."""
+        bulk_first = self.lanes.next_lane() == BULK
+        self._ordered_queues = sorted(
+            self.queues, key=lambda q: q.name.endswith(BULK_SUFFIX) != bulk_first
+        )
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         # RQ heart-beats before and after every dequeue and after every job, three round trips
@@ -200,6 +247,8 @@ class BatchingWorker(SimpleWorker):
         self.busy_since = time.monotonic()
         try:
             jobs = self._collect(job, queue)
+            if queue.key == self.interactive.key:
+                self.interactive_at = time.monotonic()
             # A transaction that raised may still have been applied (Redis stopping after EXEC):
             # replaying it is harmless; giving up would leave jobs STARTED by a live worker.
             executions = self._retrying(lambda: self._start(jobs, queue))
@@ -209,6 +258,8 @@ class BatchingWorker(SimpleWorker):
             self.log.error("batch abandoned, Redis refused it for %.0f s: %s", REDIS_RETRY_S, err)
         finally:
             self.busy_since = None
+            if queue.key == self.interactive.key and isinstance(self.interactive, LaneQueue):
+                self.interactive.linger_until = time.monotonic() + LINGER_S
             self.set_state(WorkerStatus.IDLE)
 
     def _retrying(self, step: Callable[[], Any]) -> Any:
@@ -326,7 +377,7 @@ class BatchingWorker(SimpleWorker):
         a time, its progress recorded after each chunk. Each model call made is noted in
         ``self.calls`` (inputs, milliseconds)."""
         size = self.policy.max_size
-        self.chunks, self.calls = {}, []
+        self.chunks, self.calls, self.stores = {}, [], {}
         large = [i for i, job in enumerate(jobs) if self._items([job]) > size]
         small = [i for i in range(len(jobs)) if i not in large]
         outcomes: list[Outcome] = [Outcome() for _ in jobs]
@@ -338,30 +389,49 @@ class BatchingWorker(SimpleWorker):
             for i, outcome in zip(small, together, strict=True):
                 outcomes[i] = outcome
         for i in large:
-            job = cast(JobLike, jobs[i])
-            outcomes[i], self.chunks[jobs[i].id] = run_chunked(
-                self.engine, job, size, self._progress(jobs[i])
-            )
+            outcomes[i] = self._run_large(jobs[i])
         return outcomes
 
-    def _progress(self, job: Job) -> Callable[[int, int], None]:
-        """Notes each chunk's model call, and records ``{"done", "total"}`` in an async job's
-        meta (``GET /jobs/{id}`` shows it); a sync job's caller only waits for the answer."""
-        last_done, last_at = 0, time.perf_counter()
+    def _run_large(self, job: Job) -> Outcome:
+        """A job larger than a batch, in chunks. An async job's chunks are kept in Redis, and it
+        yields to waiting interactive work between two chunks (unless it is bulk's turn); a sync
+        job's caller is waiting for all of it, so it runs to the end."""
+        store: ChunkStore
+        next_step: Callable[[], str]
+        if is_sync(job.result_ttl):
+            store, next_step = MemoryChunks(), lambda: GO_ON
+        else:
+            chunks = RedisChunks(self.connection, self.keys, self.model, job, self._retrying)
+            store, next_step = chunks, lambda: self._next_step(job)
+            self.stores[job.id] = chunks
+        outcome, calls = run_chunked(
+            self.engine, cast(JobLike, job), self._chunk_size, store, next_step
+        )
+        self.chunks[job.id] = len(calls)
+        self.calls.extend(calls)
+        return outcome
 
-        def record(done: int, total: int) -> None:
-            nonlocal last_done, last_at
-            at = time.perf_counter()
-            if done > last_done:
-                self.calls.append((done - last_done, 1000 * (at - last_at)))
-            last_done, last_at = done, at
-            if is_sync(job.result_ttl):
-                return
-            job.meta["progress"] = {"done": done, "total": total}
-            with self._unless_redis_down("recording progress"):
-                job.save_meta()
+    def _chunk_size(self) -> int:
+        """A full batch, or a quarter of one while interactive work comes in."""
+        full = self.policy.max_size
+        shared = time.monotonic() - self.interactive_at < SHARED_FOR_S
+        return max(1, full // SHARED_CHUNK_DIVISOR) if shared else full
 
-        return record
+    def _next_step(self, job: Job) -> str:
+        """Between two chunks of a bulk job: stop if a client canceled it; make way if
+        interactive work waits and it is not bulk's turn; else go on."""
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.exists(self.keys.cancel(job.id))
+                pipe.llen(self.interactive.key)
+                canceled, waiting = pipe.execute()
+        except REDIS_DOWN:
+            return GO_ON
+        if canceled:
+            return STOP
+        if waiting:
+            self.interactive_at = time.monotonic()
+        return YIELD if waiting and self.lanes.next_lane() != BULK else GO_ON
 
     def _finish(
         self,
@@ -378,7 +448,15 @@ class BatchingWorker(SimpleWorker):
         self._cache(outcomes)
         with self.connection.pipeline() as pipe:
             for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
+                if outcome.yielded:
+                    self._requeue(job, execution, pipe)
+                    continue
+                if outcome.canceled:
+                    self._cancel(job, execution, pipe)
+                    continue
                 job.ended_at = ended
+                if job.id in self.stores:
+                    self.stores[job.id].drop(pipe)
                 if outcome.error is not None or outcome.value is None:
                     if is_sync(job.result_ttl):
                         self._reply_failure(job, execution, outcome.error, pipe)
@@ -418,8 +496,12 @@ class BatchingWorker(SimpleWorker):
         for size, ms in calls:
             pipe.hincrby(stats, f"batch_size:{size}", 1)
             recent.time("compute", ms)
+        lane = BULK if jobs[0].origin.endswith(BULK_SUFFIX) else INTERACTIVE
+        recent.add(f"jobs_{lane}", len(jobs))
+        recent.add(f"items_{lane}", sum(n for n, _ in calls))
         for job, outcome in zip(jobs, outcomes, strict=True):
             recent.time("queue", _queue_ms(job))
+            recent.time(f"wait_{lane}", _queue_ms(job))
             if outcome.error is not None and not is_sync(job.result_ttl):
                 recent.add(f"failed:{outcome.error.code}")
         recent.write(pipe, self.keys, self.model)
@@ -431,7 +513,19 @@ class BatchingWorker(SimpleWorker):
         self, jobs: list[Job], outcomes: list[Outcome], items: int, elapsed_ms: float
     ) -> None:
         for job, outcome in zip(jobs, outcomes, strict=True):
-            if outcome.error is None:
+            if outcome.canceled:
+                self.log.info("job %s canceled between two chunks", job.id)
+            elif outcome.yielded:
+                progress = job.meta.get("progress") or {}
+                self.log.info(
+                    "job %s yields to interactive work after %d chunks (%s/%s inputs done)",
+                    job.id,
+                    self.chunks.get(job.id, 0),
+                    progress.get("done"),
+                    progress.get("total"),
+                    extra={"job_id": job.id, "model": self.model},
+                )
+            elif outcome.error is None:
                 request_id = outcome.payload.request_id if outcome.payload else ""
                 n = len(outcome.value or [])
                 chunks = self.chunks.get(job.id)
@@ -476,6 +570,26 @@ class BatchingWorker(SimpleWorker):
         except (redis.exceptions.RedisError, OSError) as err:
             # A cache that cannot take entries only costs recomputation, never a result.
             self.log.warning("%d cache entries not stored: %s", len(entries), err)
+
+    def _requeue(self, job: Job, execution: Execution, pipe: Any) -> None:
+        """A large job that yielded goes back to the front of its lane, to resume from its
+        stored chunks; until then it is queued (and can be canceled) like any other."""
+        self.cleanup_execution(job, pipeline=pipe, execution=execution)
+        job.set_status(JobStatus.QUEUED, pipeline=pipe)
+        pipe.lpush(Queue.redis_queue_namespace_prefix + job.origin, job.id)
+
+    def _cancel(self, job: Job, execution: Execution, pipe: Any) -> None:
+        """A large job a client canceled while it ran: it ends canceled between two chunks, its
+        finished chunks dropped, readable as canceled until its TTL, like a canceled queued
+        job (see the gateway's cancel)."""
+        ttl = job.get_result_ttl(self.default_result_ttl) or 1
+        self.stores[job.id].drop(pipe)
+        self.cleanup_execution(job, pipeline=pipe, execution=execution)
+        job.set_status(JobStatus.CANCELED, pipeline=pipe)
+        pipe.zadd(f"rq:canceled:{job.origin}", {job.id: time.time() + ttl})
+        pipe.expire(job.key, ttl)
+        pipe.delete(self.keys.cancel(job.id))
+        self.replier.notify(pipe, job.id)
 
     def _record_success(self, job: Job, execution: Execution, value: Any, pipe: Any) -> None:
         self.increment_successful_job_count(pipeline=pipe)

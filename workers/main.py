@@ -18,11 +18,12 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
 from contract.config import ConfigError, ModelSpec, Registry, load_registry
-from contract.jobs import LOAD_ERROR_TTL_S, Keys
+from contract.jobs import LANES, LOAD_ERROR_TTL_S, Keys
 from contract.logs import configure_logging
 from contract.settings import CommonSettings, unreachable
 from workers.batching import BatchingWorker, BatchPolicy
 from workers.engines import Engine
+from workers.lanes import LanePolicy, LaneQueue
 from workers.pipelines import build_engine
 from workers.presence import Presence, stuck_check
 from workers.reaper import Reaper
@@ -140,7 +141,11 @@ def serve(
     engine = _load(spec, registry, connection, keys)
     if engine is None:
         return LOAD_FAILED
-    queue = Queue(keys.queue(spec.name), connection=connection, serializer=JSONSerializer)
+    # Interactive first: RQ's own code (and rq info) sees a worker of two queues.
+    queues: list[Queue] = [
+        LaneQueue(keys.queue(spec.name, lane), connection=connection, serializer=JSONSerializer)
+        for lane in LANES
+    ]
     cache_connection = None
     if settings.cache_url and settings.cache_url != settings.redis_url:
         # Short timeouts: a cache that is away costs recomputation, never a batch's results.
@@ -148,13 +153,15 @@ def serve(
             settings.cache_url, socket_connect_timeout=1, socket_timeout=1
         )
     worker = BatchingWorker(
-        [queue],
+        queues,
         engine=engine,
         policy=BatchPolicy(spec.max_batch_size, spec.max_batch_delay_ms, spec.timeout_s),
         keys=keys,
         model=spec.name,
         fingerprint=engine.fingerprint,
         cache_connection=cache_connection,
+        lanes=LanePolicy(spec.bulk_share),
+        queue_class=LaneQueue,
         name=name or f"{spec.name}-{uuid.uuid4().hex[:8]}",
         connection=connection,
         serializer=JSONSerializer,
@@ -180,7 +187,12 @@ def serve(
         on_tick=reaper.run_once,
     )
     presence.start()
-    log.info("worker %s ready: serving queue %s", worker.name, queue.name)
+    log.info(
+        "worker %s ready: serving queues %s (interactive first, bulk share %.2f)",
+        worker.name,
+        ", ".join(q.name for q in queues),
+        spec.bulk_share,
+    )
     try:
         worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
     finally:

@@ -22,7 +22,7 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from contract.jobs import ERR_WORKER_LOST, ERROR_META_KEY, Keys, is_sync
+from contract.jobs import ERR_WORKER_LOST, ERROR_META_KEY, LANES, Keys, is_sync
 from workers.replies import Replier
 
 log = logging.getLogger("modelgate.worker")
@@ -47,7 +47,10 @@ class Reaper:
         self.keys = keys
         self.model = model
         self.worker_name = worker_name
-        self.queue = Queue(keys.queue(model), connection=connection, serializer=JSONSerializer)
+        self.queues = [
+            Queue(keys.queue(model, lane), connection=connection, serializer=JSONSerializer)
+            for lane in LANES
+        ]
         self._live = connection.register_script(_LIVE)
         self.replier = Replier(connection, keys)
 
@@ -60,8 +63,11 @@ class Reaper:
         return self._started(live) + self._intermediate()
 
     def _started(self, live: set[str]) -> int:
+        return sum(self._started_in(queue, live) for queue in self.queues)
+
+    def _started_in(self, queue: Queue, live: set[str]) -> int:
         recovered = 0
-        registry = self.queue.started_job_registry
+        registry = queue.started_job_registry
         members: list[bytes] = self.connection.zrange(registry.key, 0, -1)  # type: ignore[assignment]
         for member in members:
             job_id = member.decode().split(":", 1)[0]
@@ -78,7 +84,10 @@ class Reaper:
         return recovered
 
     def _intermediate(self) -> int:
-        key = IntermediateQueue.get_intermediate_queue_key(self.queue.key)
+        return sum(self._intermediate_of(queue) for queue in self.queues)
+
+    def _intermediate_of(self, queue: Queue) -> int:
+        key = IntermediateQueue.get_intermediate_queue_key(queue.key)
         recovered = 0
         now = time.time()
         for raw in self.connection.lrange(key, 0, -1):
@@ -90,7 +99,7 @@ class Reaper:
                 continue
             with self.connection.pipeline() as pipe:
                 pipe.lrem(key, 1, job_id)
-                pipe.lpush(self.queue.key, job_id)
+                pipe.lpush(queue.key, job_id)
                 pipe.delete(seen_key)
                 pipe.execute()
             log.warning("job %s was taken by a worker that never started it: requeued", job_id)
@@ -104,7 +113,7 @@ class Reaper:
             with self.connection.pipeline() as pipe:
                 job.set_status(JobStatus.QUEUED, pipeline=pipe)
                 pipe.hset(job.key, "meta", JSONSerializer.dumps(job.meta))
-                pipe.lpush(self.queue.key, job.id)
+                pipe.lpush(Queue.redis_queue_namespace_prefix + job.origin, job.id)
                 pipe.execute()
             log.warning("job %s lost its worker %s: requeued", job.id, job.worker_name)
             return

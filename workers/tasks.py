@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from contract.cache import params_key
@@ -71,6 +71,11 @@ class Outcome:
     payload: JobPayload | None = None
     tokens: list[int] | None = None
     """Tokens of each input, by the model's tokenizer, once it succeeded."""
+    yielded: bool = False
+    """A job run in chunks stopped between two of them to let other work go first: it goes
+    back to its queue and resumes where it stopped."""
+    canceled: bool = False
+    """A job run in chunks stopped between two of them because a client canceled it."""
 
 
 class InputTooLong(ValueError):
@@ -137,32 +142,107 @@ class _Chunk:
     kwargs: dict[str, Any]
 
 
-Progress = Callable[[int, int], None]
-"""Told ``(done, total)`` inputs after each chunk of a job."""
+GO_ON, YIELD, STOP = "go on", "yield", "stop"
+"""What a job run in chunks does after a chunk: the next chunk; make way for other work (back to
+its queue); or stop, canceled."""
+
+Done = dict[int, tuple[list[Any], list[int]]]
+"""Finished chunks of a job by start offset: their outputs and tokens."""
+
+
+class ChunkStore(Protocol):
+    """Where a job's finished chunks are kept while it runs (Redis for an async job, so that
+    another worker resumes it; memory for a sync one, whose caller waits for all of it)."""
+
+    def covered(self) -> int: ...
+    def load(self) -> Done: ...
+    def started(self, done: int, total: int) -> None: ...
+    def save(
+        self, index: int, values: list[Any], tokens: list[int], done: int, total: int
+    ) -> None: ...
+
+
+@dataclass
+class MemoryChunks:
+    """A ChunkStore that forgets: the chunks live as long as the run."""
+
+    chunks: Done = field(default_factory=dict)
+    seen: list[tuple[int, int]] = field(default_factory=list)
+    """Progress as reported, ``(done, total)`` inputs."""
+
+    def covered(self) -> int:
+        return _covered(self.chunks)
+
+    def load(self) -> Done:
+        return self.chunks
+
+    def started(self, done: int, total: int) -> None:
+        self.seen.append((done, total))
+
+    def save(self, start: int, values: list[Any], tokens: list[int], done: int, total: int) -> None:
+        self.chunks[start] = (values, tokens)
+        self.seen.append((done, total))
 
 
 def run_chunked(
-    engine: Runner, job: JobLike, size: int, on_chunk: Progress, now: float | None = None
-) -> tuple[Outcome, int]:
-    """Run one job's inputs ``size`` at a time, telling ``on_chunk`` after each chunk; the job's
-    Outcome (the first failing chunk fails the job) and the number of chunks it ran. A job
-    larger than a batch never becomes one model call of thousands of inputs."""
+    engine: Runner,
+    job: JobLike,
+    size: int | Callable[[], int],
+    store: ChunkStore,
+    next_step: Callable[[], str] = lambda: GO_ON,
+    now: float | None = None,
+) -> tuple[Outcome, list[tuple[int, float]]]:
+    """Run one job's inputs a chunk at a time (``size`` inputs, or as many as ``size()`` says
+    before each chunk), from the end of the chunks ``store`` already holds, saving each new one
+    there under its start offset; the job's Outcome, and the model calls this run made (inputs
+    and milliseconds of each chunk computed).
+
+    A job larger than a batch thus never becomes one model call of thousands of inputs. After
+    each chunk, ``next_step()`` may say to make way (the Outcome is ``yielded``: the job goes
+    back to its queue and resumes from its store) or to stop (``canceled``). The first failing
+    chunk fails the job."""
     try:
         payload = _admit(job, time.time() if now is None else now)
     except InferenceError as err:
-        return Outcome(error=err), 0
-    total, values, tokens, chunks = len(payload.inputs), [], [], 0
-    on_chunk(0, total)
-    for start in range(0, total, size):
-        kwargs = {**payload.to_kwargs(), "inputs": payload.inputs[start : start + size]}
+        return Outcome(error=err), []
+    total = len(payload.inputs)
+    pos = store.covered()  # the chunks' contents are read once, at the end
+    store.started(pos, total)
+    calls: list[tuple[int, float]] = []
+    while pos < total:
+        step = next_step() if calls else GO_ON
+        if step != GO_ON:
+            return Outcome(payload=payload, yielded=step == YIELD, canceled=step == STOP), calls
+        n = max(1, size() if callable(size) else size)
+        kwargs = {**payload.to_kwargs(), "inputs": payload.inputs[pos : pos + n]}
+        began = time.perf_counter()
         [part] = run_jobs(engine, [_Chunk(job.id, job.func_name, kwargs)], now)
-        chunks += 1
+        calls.append((len(kwargs["inputs"]), 1000 * (time.perf_counter() - began)))
         if part.error is not None or part.value is None:
-            return Outcome(error=part.error, payload=payload), chunks
-        values.extend(part.value)
-        tokens.extend(part.tokens or [0] * len(part.value))
-        on_chunk(len(values), total)
-    return Outcome(value=values, payload=payload, tokens=tokens), chunks
+            return Outcome(error=part.error, payload=payload), calls
+        tokens = part.tokens or [0] * len(part.value)
+        pos += len(part.value)
+        store.save(pos - len(part.value), part.value, tokens, pos, total)
+    done = store.load()
+    starts = _chain(done)
+    values = [v for start in starts for v in done[start][0]]
+    tokens = [n for start in starts for n in done[start][1]]
+    return Outcome(value=values, payload=payload, tokens=tokens), calls
+
+
+def _chain(done: Done) -> list[int]:
+    """The start offsets of the stored chunks that follow each other from offset 0."""
+    starts, pos = [], 0
+    while pos in done and done[pos][0]:
+        starts.append(pos)
+        pos += len(done[pos][0])
+    return starts
+
+
+def _covered(done: Done) -> int:
+    """How many inputs from the start the stored chunks cover without a gap."""
+    starts = _chain(done)
+    return starts[-1] + len(done[starts[-1]][0]) if starts else 0
 
 
 def _count_tokens(engine: Runner, outcomes: list[Outcome]) -> None:

@@ -32,6 +32,15 @@ class Quantiles(BaseModel):
     p99: float | None = Field(description="99th percentile, ms; null without samples")
 
 
+class LaneActivity(BaseModel):
+    """One lane of a model: interactive (sync requests) or bulk (async jobs, Batch API)."""
+
+    jobs: int = Field(description="jobs workers ran from this lane")
+    items: int = Field(description="inputs run from this lane")
+    items_per_s: float = Field(description="over the last minute")
+    wait_ms: Quantiles = Field(description="a job's wait in this lane")
+
+
 class RecentActivity(BaseModel):
     """One model's figures over the window, summed over every gateway replica and worker."""
 
@@ -49,6 +58,7 @@ class RecentActivity(BaseModel):
     cache_hits: int
     cache_misses: int
     cache_hit_ratio: float | None = Field(description="per input item; null without lookups")
+    lanes: dict[str, LaneActivity] = Field(description="interactive and bulk")
 
 
 class ModelStatus(BaseModel):
@@ -57,7 +67,8 @@ class ModelStatus(BaseModel):
     device: str
     ready: bool
     live_workers: int
-    queue_depth: int
+    queue_depth: int = Field(description="sync requests waiting (the interactive lane)")
+    bulk_queue_depth: int = Field(description="async jobs waiting (the bulk lane)")
     max_batch_size: int
     load_error: str | None = Field(description="why its workers cannot load it, while so")
     workers: list[WorkerInfo]

@@ -113,15 +113,22 @@ async def get_job(
     operation_id="cancel_job",
     response_model=JobState,
     responses={
+        202: {
+            "model": JobState,
+            "description": "a job running in chunks: it stops at its next chunk boundary",
+        },
         404: ERROR_RESPONSES[404],
         422: ERROR_RESPONSES[422],
         409: {"model": ErrorResponse, "description": "job already started or ended"},
     },
 )
-async def cancel_job(job_id: str, store: JobStoreDep) -> dict[str, Any]:
+async def cancel_job(job_id: str, store: JobStoreDep) -> Any:
     """Cancel a queued job: it will never run, and stays readable as ``canceled`` until it
-    expires. Canceling a canceled job is a no-op; a started or ended job answers 409."""
-    return await store.cancel(job_id)
+    expires. A job larger than a batch, running in chunks, answers 202: it stops at its next
+    chunk boundary and then reads ``canceled`` (a job that ends first just finishes).
+    Canceling a canceled job is a no-op; any other started or ended job answers 409."""
+    state, pending = await store.cancel(job_id)
+    return JSONResponse(state, status_code=202) if pending else state
 
 
 @router.delete(

@@ -31,6 +31,8 @@ async def describe(
         ready=load.live_workers > 0,
         live_workers=load.live_workers,
         queue_depth=load.queue_depth,
+        bulk_queue_depth=load.bulk_depth,
+        bulk_share=spec.bulk_share,
         max_inputs=spec.max_inputs,
         max_chars=spec.max_chars,
         max_batch_size=spec.max_batch_size,

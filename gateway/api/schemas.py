@@ -240,7 +240,9 @@ class ModelInfo(BaseModel):
     dtype: str
     ready: bool
     live_workers: int
-    queue_depth: int
+    queue_depth: int = Field(description="sync requests waiting (the interactive lane)")
+    bulk_queue_depth: int = Field(description="async jobs waiting (the bulk lane)")
+    bulk_share: float = Field(description="share of batches bulk work gets while both wait")
     max_inputs: int
     max_chars: int
     max_batch_size: int

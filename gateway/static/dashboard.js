@@ -73,7 +73,7 @@ function drawModels(report) {
     const workers = cell(row, m.ready ? `${m.live_workers} up` : "down", m.ready ? "ok" : "down");
     workers.dataset.field = "workers";
     if (m.load_error) workers.title = m.load_error;
-    cell(row, m.queue_depth, "num").dataset.field = "queue";
+    cell(row, `${m.queue_depth} / ${m.bulk_queue_depth}`, "num").dataset.field = "queue";
     cell(row, r.requests, "num").dataset.field = "requests";
     cell(row, num(r.requests_per_s, 2), "num").dataset.field = "rate";
     cell(row, "").appendChild(spark(r.requests_series));
@@ -86,11 +86,15 @@ function drawModels(report) {
     const codes = Object.entries(r.errors).map(([code, n]) => `${code} ${n}`);
     const errors = cell(row, codes.length ? codes.join(", ") : "none", codes.length ? "err" : "");
     errors.dataset.field = "errors";
+    const bulk = r.lanes.bulk;
+    const lane = cell(row, `${num(bulk.items_per_s, 1)}/s, wait ${num(bulk.wait_ms.p50, 0)} ms`, "num");
+    lane.dataset.field = "bulk";
+    lane.title = `interactive wait p50 ${num(r.lanes.interactive.wait_ms.p50, 1)} ms`;
     body.appendChild(row);
     if (m.load_error) {
       const why = el("tr");
       const td = cell(why, `${m.name} cannot load: ${m.load_error}`, "err");
-      td.colSpan = 14;
+      td.colSpan = 15;
       body.appendChild(why);
     }
   }
@@ -137,7 +141,7 @@ function drawJobs(report) {
     }
     cell(row, job.created_at ? new Date(job.created_at).toLocaleTimeString() : "–");
     const action = cell(row, "");
-    if (job.status === "queued") {
+    if (job.status === "queued" || (job.status === "started" && job.progress)) {
       const button = el("button", "cancel");
       button.addEventListener("click", () => cancel(job.job_id));
       action.appendChild(button);

@@ -92,7 +92,8 @@ def test_model_without_worker_is_503_at_once(stack: Stack, redis_client: Redis) 
     r = post(stack, "ghost", {"inputs": "x"})
     assert r.status_code == 503 and error_of(r) == "model_unavailable"
     assert time.monotonic() - started < 2
-    assert redis_client.llen(f"rq:queue:{PREFIX}:ghost") == 0  # nothing enqueued into a void
+    for lane in ("", ":bulk"):  # nothing enqueued into a void, in either lane
+        assert redis_client.llen(f"rq:queue:{PREFIX}:ghost{lane}") == 0
 
 
 def test_too_many_tokens_with_truncation_off_is_413(stack: Stack) -> None:

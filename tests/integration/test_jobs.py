@@ -65,7 +65,7 @@ def test_delete_removes_a_job_and_its_result(stack: Stack, redis_client: Redis) 
         queued = submit(stack, "victim", {"inputs": "still queued"}).json()["job_id"]
         assert httpx.delete(f"{stack.url}/jobs/{queued}").status_code == 204
         assert get(stack, queued).status_code == 404
-        assert not redis_client.lpos("rq:queue:mgtest:victim", queued)
+        assert not redis_client.lpos("rq:queue:mgtest:victim:bulk", queued)
 
 
 def test_a_running_job_cannot_be_deleted_until_it_ends(stack: Stack) -> None:

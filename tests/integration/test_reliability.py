@@ -113,10 +113,10 @@ def test_full_queue_is_429_with_retry_after(stack: Stack, redis_client: Redis) -
                 assert int(r.headers["retry-after"]) >= 1
                 break
         assert codes[-1] == 429 and len(codes) <= 5
-        assert redis_client.llen(f"rq:queue:{PREFIX}:victim") <= 3
+        assert redis_client.llen(f"rq:queue:{PREFIX}:victim:bulk") <= 3
         for job_id in queued:  # leave an empty queue to the next test, not a full one
             httpx.delete(f"{stack.url}/jobs/{job_id}")
-        assert redis_client.llen(f"rq:queue:{PREFIX}:victim") == 0
+        assert redis_client.llen(f"rq:queue:{PREFIX}:victim:bulk") == 0
 
 
 def test_job_of_a_caller_answered_504_never_runs_and_leaves_nothing(

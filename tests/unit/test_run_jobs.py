@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract.jobs import PREDICT_FUNC
-from workers.tasks import run_chunked, run_jobs
+from workers.lanes import LanePolicy
+from workers.tasks import YIELD, MemoryChunks, run_chunked, run_jobs
 
 
 @dataclass
@@ -115,32 +116,76 @@ def test_object_items_reach_the_engine_as_they_were_queued() -> None:
 
 def test_a_job_larger_than_a_batch_runs_in_chunks_and_reports_each() -> None:
     engine = RecordingEngine()
-    seen: list[tuple[int, int]] = []
+    store = MemoryChunks()
     texts = [f"t{i}" for i in range(10)]
-    outcome, chunks = run_chunked(
-        engine, job(0, texts, top_k=1), 4, lambda d, t: seen.append((d, t))
-    )
-    assert chunks == 3
+    outcome, calls = run_chunked(engine, job(0, texts, top_k=1), 4, store)
+    assert len(calls) == 3 and [n for n, _ in calls] == [4, 4, 2]
     assert [len(inputs) for inputs, _ in engine.calls] == [4, 4, 2]
     assert outcome.value == [f"{t}|1" for t in texts]
     assert outcome.tokens == [len(t) for t in texts]
-    assert seen == [(0, 10), (4, 10), (8, 10), (10, 10)]
+    assert store.seen == [(0, 10), (4, 10), (8, 10), (10, 10)]
 
 
 def test_a_failing_chunk_fails_the_job_and_stops_the_rest() -> None:
     engine = RecordingEngine()
-    seen: list[tuple[int, int]] = []
+    store = MemoryChunks()
     texts = ["a", "b", "POISON", "c", "d", "e"]
-    outcome, chunks = run_chunked(engine, job(0, texts), 2, lambda d, t: seen.append((d, t)))
-    assert chunks == 2  # the third chunk never ran
+    outcome, calls = run_chunked(engine, job(0, texts), 2, store)
+    assert len(calls) == 2  # the third chunk never ran
     assert outcome.error is not None and outcome.error.code == "inference_failed"
     assert outcome.value is None
-    assert seen == [(0, 6), (2, 6)]
+    assert store.seen == [(0, 6), (2, 6)]
 
 
 def test_a_chunked_job_is_admitted_like_any_other() -> None:
     engine = RecordingEngine()
     bad = FakeJob("j9", {"inputs": ["a"] * 5}, func_name="os.system")
-    outcome, chunks = run_chunked(engine, bad, 2, lambda d, t: None)
-    assert chunks == 0 and engine.calls == []
+    outcome, calls = run_chunked(engine, bad, 2, MemoryChunks())
+    assert calls == [] and engine.calls == []
     assert outcome.error is not None and outcome.error.code == "forbidden_function"
+
+
+def test_a_chunked_job_resumes_from_its_stored_chunks() -> None:
+    engine = RecordingEngine()
+    texts = [f"t{i}" for i in range(10)]
+    store = MemoryChunks()
+    kept = ["kept0", "kept1", "kept2", "kept3", "kept4"]
+    store.chunks[0] = (kept, [9] * 5)  # done by a worker that died
+    outcome, calls = run_chunked(engine, job(0, texts), 4, store)
+    assert [c[0] for c in engine.calls] == [["t5", "t6", "t7", "t8"], ["t9"]]  # from input 5 on
+    assert len(calls) == 2 and all(ms >= 0 for _, ms in calls)
+    assert outcome.value == [*kept, "t5|-", "t6|-", "t7|-", "t8|-", "t9|-"]
+    assert outcome.tokens == [9, 9, 9, 9, 9, 2, 2, 2, 2, 2]
+    assert store.seen[0] == (5, 10) and store.seen[-1] == (10, 10)
+    assert sorted(store.chunks) == [0, 5, 9]  # by start offset
+
+
+def test_chunk_sizes_may_change_from_one_chunk_to_the_next() -> None:
+    engine = RecordingEngine()
+    texts = [f"t{i}" for i in range(10)]
+    sizes = iter([2, 5, 8])
+    outcome, calls = run_chunked(engine, job(0, texts), lambda: next(sizes), MemoryChunks())
+    assert [n for n, _ in calls] == [2, 5, 3]
+    assert outcome.value == [f"{t}|-" for t in texts]
+
+
+def test_a_chunked_job_yields_between_chunks_and_goes_on_later() -> None:
+    engine = RecordingEngine()
+    texts = [f"t{i}" for i in range(10)]
+    store = MemoryChunks()
+    first, calls = run_chunked(engine, job(0, texts), 4, store, next_step=lambda: YIELD)
+    assert first.yielded and first.value is None and first.error is None
+    assert len(calls) == 1 and list(store.chunks) == [0]  # always one chunk, then it yields
+    second, calls = run_chunked(engine, job(0, texts), 4, store)
+    assert not second.yielded and len(calls) == 2
+    assert second.value == [f"{t}|-" for t in texts]
+    assert sum(len(c[0]) for c in engine.calls) == 10  # every input computed exactly once
+
+
+def test_lanes_give_bulk_its_share_and_no_more_while_both_wait() -> None:
+    for share, expected in ((0.25, 25), (0.1, 10), (1.0, 100)):
+        policy = LanePolicy(share)
+        lanes = [policy.next_lane() for _ in range(100)]
+        assert lanes.count("bulk") == expected, share
+    policy = LanePolicy(0.5)
+    assert [policy.next_lane() for _ in range(4)] == ["interactive", "bulk"] * 2
