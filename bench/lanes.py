@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.duration:g} s per sync phase, jobs of {args.job_inputs} inputs, "
         f"worker --threads {args.worker_threads}"
     )
-    print(f"machine: {info.get('cpu', '?')}, {info.get('cores_total', '?')} cores")
+    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}")
     print()
     print(grid(rows))
     print()

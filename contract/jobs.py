@@ -66,6 +66,10 @@ class Keys:
         at the next chunk boundary."""
         return f"{self.prefix}:cancel:{job_id}"
 
+    def bucket(self, key_id: str, kind: str) -> str:
+        """Hash of one API key's token bucket (``requests`` or ``inputs``): level and time."""
+        return f"{self.prefix}:bucket:{key_id}:{kind}"
+
     def chunks(self, job_id: str) -> str:
         """Hash of a large job's finished chunks (index to outputs and tokens), so a worker
         that picks the job up again (after a kill, or after yielding to interactive work)

@@ -28,7 +28,7 @@ from gateway.api import (
 )
 from gateway.api.schemas import model_schemas
 from gateway.api.service import VERSION
-from gateway.auth import ApiKeyMiddleware, load_key_hashes
+from gateway.auth import ApiKeyMiddleware, load_keys
 from gateway.batches import BatchStore
 from gateway.cache import ResponseCache
 from gateway.dispatch import Dispatcher
@@ -38,6 +38,7 @@ from gateway.inference import Inference
 from gateway.jobs import JobStore
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from gateway.quotas import Quotas
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("modelgate.gateway")
@@ -110,9 +111,13 @@ def create_app(
         dialects=dialects,
         larger={"/v1/files": max(settings.max_body_bytes, settings.batch_max_file_bytes + 65536)},
     )
-    hashes = load_key_hashes(settings.api_keys, settings.api_keys_file)
-    if hashes:
-        app.add_middleware(ApiKeyMiddleware, hashes=hashes, dialects=dialects)
+    keys = load_keys(settings.api_keys, settings.api_keys_file)
+    for policy in keys.values():
+        unknown = sorted((policy.models or frozenset()) - {m.name for m in registry.models})
+        if unknown:
+            raise ValueError(f"API key {policy.id!r}: models= names unknown models {unknown}")
+    if keys:
+        app.add_middleware(ApiKeyMiddleware, keys=keys, dialects=dialects)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app
 
@@ -125,6 +130,7 @@ def _attach(app: FastAPI, dispatcher: Dispatcher, settings: GatewaySettings) -> 
     keys = Keys(settings.prefix)
     app.state.files = FileStore(dispatcher.conn, keys, settings.job_ttl_s)
     app.state.batches = BatchStore(dispatcher.conn, keys, app.state.jobs, settings.job_ttl_s)
+    app.state.quotas = Quotas(dispatcher.conn, keys)
 
 
 FLUSH_EVERY_S = 1.0

@@ -11,7 +11,9 @@ server-side failures are logged, never shown.
     ├── PayloadTooLarge         413 payload_too_large
     ├── InvalidInput            422 invalid_input
     ├── WrongTask               400 wrong_task          (a model of another task)
+    ├── Forbidden               403 forbidden           (a model the API key may not use)
     ├── Overloaded              429 overloaded          (Retry-After)
+    ├── RateLimited             429 rate_limited        (the API key's rate; Retry-After)
     ├── InferenceFailed         500 inference_failed
     ├── Unauthorized            401 unauthorized        (WWW-Authenticate)
     ├── ModelUnavailable        503 model_unavailable   (Retry-After)
@@ -96,6 +98,14 @@ class _RetryLater(GatewayError):
 
 class Overloaded(_RetryLater):
     status_code, code = 429, "overloaded"
+
+
+class RateLimited(_RetryLater):
+    status_code, code = 429, "rate_limited"
+
+
+class Forbidden(GatewayError):
+    status_code, code = 403, "forbidden"
 
 
 class InferenceFailed(GatewayError):

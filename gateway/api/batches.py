@@ -13,9 +13,11 @@ would refuse (unknown model, invalid input) goes to the error file with its stat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
@@ -31,12 +33,14 @@ from gateway.api.openai_compat import (
     to_inputs,
 )
 from gateway.api.routes import served
+from gateway.auth import KeyPolicy
 from gateway.batches import BatchStore, Line, new_batch
 from gateway.cache import CacheMode
 from gateway.deps import InferenceDep, RegistryDep, SettingsDep
-from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge, invalid_input
+from gateway.errors import Forbidden, GatewayError, InvalidInput, PayloadTooLarge, invalid_input
 from gateway.inference import Inference
 from gateway.problems import describe, field_path
+from gateway.quotas import Quotas
 from gateway.settings import GatewaySettings
 from gateway.validation import prepare
 
@@ -147,6 +151,7 @@ async def _submit(
     inference: Inference,
     settings: GatewaySettings,
     request_id: str,
+    allow: Callable[[str], None],
 ) -> Line:
     """Queue one line's job, or record why the API refuses its request."""
     try:
@@ -157,6 +162,7 @@ async def _submit(
         return Line(line.custom_id, refused=_refusal(invalid_input(described)))
     try:
         spec = served(registry, body.model, "feature-extraction")
+        allow(spec.name)  # the API key's model allowlist, line by line
         parameters = {} if body.dimensions is None else {"dimensions": body.dimensions}
         work = prepare(spec, to_inputs(body.input), parameters, spec.max_inputs)
         job_id, _ = await inference.submit_job(
@@ -167,7 +173,7 @@ async def _submit(
             job_ttl_s=settings.job_ttl_s,
             priority="low",
         )
-    except (InvalidInput, PayloadTooLarge) as err:
+    except (InvalidInput, PayloadTooLarge, Forbidden) as err:
         return Line(line.custom_id, refused=_refusal(err))
     except GatewayError as err:
         if err.status_code >= 500 and err.code != "model_unavailable":
@@ -208,8 +214,12 @@ async def create_batch(
         batch["errors"] = {"object": "list", "data": problems}
     else:
         request_id = request.state.request_id
+        quotas: Quotas = request.app.state.quotas
+        policy: KeyPolicy | None = request.scope.get("state", {}).get("api_key")
+        await quotas.draw(policy, len(requests))  # the batch is one request of its lines
         for line in requests:
-            lines.append(await _submit(line, registry, inference, settings, request_id))
+            allow = functools.partial(quotas.allow_model, policy)
+            lines.append(await _submit(line, registry, inference, settings, request_id, allow))
         batch["request_counts"]["total"] = len(lines)
     await _batches(request).save(batch, lines)
     return batch

@@ -36,6 +36,7 @@ def model_router(spec: ModelSpec) -> APIRouter:
     async def submit_job(call: Call) -> JSONResponse:
         body = call.body
         work = prepare(spec, body.inputs, body.parameters, spec.max_job_inputs)
+        await call.admit(spec, len(work.items))
         job_id, finished = await call.inference.submit_job(
             spec,
             work,

@@ -42,6 +42,7 @@ async def infer(
     through validation, the cache and the model's workers. Sets ``X-Cache`` and the timing
     headers on the call's response. Every wire format's sync call comes through here."""
     work = prepare(spec, inputs, parameters, spec.max_inputs)
+    await call.admit(spec, len(work.items))
     result = await call.inference.predict(
         spec,
         work.items,

@@ -12,9 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from contract.config import ModelSpec, Registry
+from gateway.auth import KeyPolicy
 from gateway.deps import CacheControl, InferenceDep, SettingsDep, SpecDep
 from gateway.errors import UnknownModel, WrongTask
 from gateway.inference import Inference
+from gateway.quotas import Quotas
 from gateway.settings import GatewaySettings
 
 
@@ -28,6 +30,17 @@ class Call:
     request: Request
     response: Response
     cache_control: str | None
+
+    @property
+    def api_key(self) -> KeyPolicy | None:
+        """The API key the request came with, when keys are configured."""
+        policy: KeyPolicy | None = self.request.scope.get("state", {}).get("api_key")
+        return policy
+
+    async def admit(self, spec: ModelSpec, inputs: int) -> None:
+        """The key's limits for ``inputs`` inputs to ``spec`` (403, 429); nothing without keys."""
+        quotas: Quotas = self.request.app.state.quotas
+        await quotas.admit(self.api_key, spec.name, inputs)
 
 
 Handler = Callable[[Call], Awaitable[Any]]

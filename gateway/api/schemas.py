@@ -267,10 +267,11 @@ def model_schemas(spec: ModelSpec) -> ModelSchemas:
 
 ERROR_TEXTS = {
     401: "missing or wrong API key (only when API keys are configured)",
+    403: "the API key may not use this model",
     404: "unknown model",
     413: "too many inputs, an input too long, or a body too large",
     422: "invalid input or parameters",
-    429: "the model's queue is full; retry after Retry-After seconds",
+    429: "the model's queue is full, or the API key is over its rate; retry after Retry-After",
     500: "the model failed on this input",
     503: "no live worker for the model, or Redis is unreachable",
     504: "no result before the model's timeout",

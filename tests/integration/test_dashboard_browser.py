@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -46,9 +47,32 @@ def loaded(driver: WebDriver, url: str) -> None:
     )
 
 
+def text(driver: WebDriver, selector: str) -> str:
+    """An element's text, read in one step: the page redraws its tables every 2 s, so an
+    element found in one call may be gone by the next."""
+    found = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+        selector,
+    )
+    assert found is not None, f"nothing matches {selector}"
+    return str(found)
+
+
 def field(driver: WebDriver, model: str, name: str) -> str:
-    row = driver.find_element(By.CSS_SELECTOR, f'#models tr[data-model="{model}"]')
-    return row.find_element(By.CSS_SELECTOR, f'[data-field="{name}"]').text
+    return text(driver, f'#models tr[data-model="{model}"] [data-field="{name}"]')
+
+
+def wait(driver: WebDriver) -> WebDriverWait[WebDriver]:
+    """A wait that retries a step whose element the page replaced meanwhile."""
+    return WebDriverWait(
+        driver,
+        WAIT_S,
+        ignored_exceptions=(
+            StaleElementReferenceException,
+            NoSuchElementException,
+            AssertionError,
+        ),
+    )
 
 
 def console_errors(driver: WebDriver) -> list[str]:
@@ -62,9 +86,8 @@ def test_the_dashboard_shows_models_and_counts_a_new_request(
     for name in LIVE_MODELS:
         assert field(browser, name, "workers").endswith("up"), name
     assert field(browser, "ghost", "workers") == "down"
-    assert "models up" in browser.find_element(By.ID, "summary").text
-    worker_rows = browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr")
-    assert any("tiny-cls-w0" in row.text for row in worker_rows)
+    assert "models up" in text(browser, "#summary")
+    assert "tiny-cls-w0" in text(browser, "#workers tbody")
 
     # tiny-ner: no test before this one sends it requests, so no count leaves the window
     # (the last 5 minutes) while this one waits for its own.
@@ -73,7 +96,7 @@ def test_the_dashboard_shows_models_and_counts_a_new_request(
         f"{stack.url}/models/tiny-ner/predict", json={"inputs": f"Seen in Paris {uuid.uuid4().hex}"}
     )
     assert r.status_code == 200
-    WebDriverWait(browser, WAIT_S).until(lambda d: int(field(d, "tiny-ner", "requests")) > before)
+    wait(browser).until(lambda d: int(field(d, "tiny-ner", "requests")) > before)
     assert field(browser, "tiny-ner", "latency")[0].isdigit()  # a p50, not the empty mark
     browser.save_screenshot(str(tmp_path / "dashboard.png"))  # for a person; not kept in git
     assert console_errors(browser) == []
@@ -89,15 +112,13 @@ def test_a_queued_job_is_canceled_from_the_page(stack: Stack, browser: WebDriver
         assert all(r.status_code == 202 for r in jobs), [r.text for r in jobs]
         job_id = jobs[1].json()["job_id"]  # the first may already sit in the worker's hands
         row = f'#jobs tr[data-job="{job_id}"]'
-        button = WebDriverWait(browser, WAIT_S).until(
-            lambda d: d.find_element(By.CSS_SELECTOR, f"{row} button")
-        )
-        button.click()
-        WebDriverWait(browser, WAIT_S).until(
-            lambda d: (
-                d.find_element(By.CSS_SELECTOR, f'{row} [data-field="status"]').text == "canceled"
-            )
-        )
+
+        def click_cancel(d: WebDriver) -> bool:
+            d.find_element(By.CSS_SELECTOR, f"{row} button").click()  # stale: found again
+            return True
+
+        wait(browser).until(click_cancel)
+        wait(browser).until(lambda d: text(d, f'{row} [data-field="status"]') == "canceled")
         assert httpx.get(f"{stack.url}/jobs/{job_id}").json()["status"] == "canceled"
     assert console_errors(browser) == []
 
@@ -127,14 +148,14 @@ def test_the_page_asks_for_a_key_where_the_gateway_needs_one(
     keyed_gateway: str, browser: WebDriver
 ) -> None:
     browser.get(f"{keyed_gateway}/dashboard")
-    form = WebDriverWait(browser, WAIT_S).until(
+    form = wait(browser).until(
         lambda d: (
             d.find_element(By.ID, "key-form")
             if d.find_element(By.ID, "key-form").is_displayed()
             else None
         )
     )
-    assert "needs an API key" in browser.find_element(By.ID, "problem").text
+    assert "needs an API key" in text(browser, "#problem")
     browser.find_element(By.ID, "key").send_keys("dash-key")
     form.find_element(By.TAG_NAME, "button").click()
     WebDriverWait(browser, WAIT_S).until(
