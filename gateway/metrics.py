@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from contract.config import Registry
 from contract.jobs import Keys
-from contract.recent import Tally
+from contract.recent import BOUNDS_MS, LANES, Tally
 from gateway.census import Census, RedisFacts
 from gateway.dispatch import Dispatcher
 
@@ -101,6 +101,16 @@ class DeploymentCollector(Collector):
         batch = HistogramMetricFamily(
             "modelgate_batch_size", "inputs per batched model call", labels=["model"]
         )
+        lane_items = CounterMetricFamily(
+            "modelgate_lane_items",
+            "inputs run through the model from each lane (interactive: sync; bulk: async jobs)",
+            labels=["model", "lane"],
+        )
+        lane_wait = HistogramMetricFamily(
+            "modelgate_lane_wait_seconds",
+            "a job's wait in its lane, from enqueue to the start of its batch",
+            labels=["model", "lane"],
+        )
         for model, snap in sorted(self.snapshot.items()):
             depth.add_metric([model, "interactive"], snap["queue_depth"])
             depth.add_metric([model, "bulk"], snap["bulk_queue_depth"])
@@ -114,7 +124,27 @@ class DeploymentCollector(Collector):
             buckets = [(str(b), sum(n for s, n in sizes.items() if s <= b)) for b in BATCH_BUCKETS]
             buckets.append(("+Inf", sum(sizes.values())))
             batch.add_metric([model], buckets, sum_value=sum(s * n for s, n in sizes.items()))
-        yield from (depth, live, jobs, items, batch)
+            for lane in LANES:
+                lane_items.add_metric([model, lane], stats.get(f"items_{lane}", 0))
+                lane_wait.add_metric([model, lane], *_wait_histogram(stats, lane))
+        yield from (depth, live, jobs, items, batch, lane_items, lane_wait)
+
+
+def _wait_histogram(stats: dict[str, int], lane: str) -> tuple[list[tuple[str, int]], float]:
+    """Prometheus buckets (seconds, cumulative) and an approximate sum from the workers' binned
+    waits (``wait_<lane>:<bin>``, bins of :data:`contract.recent.BOUNDS_MS`)."""
+    counts = [0] * (len(BOUNDS_MS) + 1)
+    prefix = f"wait_{lane}:"
+    for key, n in stats.items():
+        if key.startswith(prefix) and key[len(prefix) :].isdigit():
+            counts[min(int(key[len(prefix) :]), len(BOUNDS_MS))] += n
+    buckets, seen = [], 0
+    for bound, n in zip(BOUNDS_MS, counts, strict=False):
+        seen += n
+        buckets.append((f"{bound / 1000:g}", seen))
+    buckets.append(("+Inf", seen + counts[-1]))
+    total = sum(n * b / 1000 for n, b in zip(counts, BOUNDS_MS, strict=False))
+    return buckets, total
 
 
 class Metrics:

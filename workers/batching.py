@@ -38,7 +38,7 @@ from contract.jobs import (
     is_sync,
     job_result,
 )
-from contract.recent import Tally
+from contract.recent import Tally, bin_of
 from workers.chunks import RedisChunks
 from workers.lanes import LINGER_S, LanePolicy, LaneQueue
 from workers.replies import Replier
@@ -497,11 +497,15 @@ class BatchingWorker(SimpleWorker):
             pipe.hincrby(stats, f"batch_size:{size}", 1)
             recent.time("compute", ms)
         lane = BULK if jobs[0].origin.endswith(BULK_SUFFIX) else INTERACTIVE
+        lane_items = sum(n for n, _ in calls)
         recent.add(f"jobs_{lane}", len(jobs))
-        recent.add(f"items_{lane}", sum(n for n, _ in calls))
+        recent.add(f"items_{lane}", lane_items)
+        pipe.hincrby(stats, f"jobs_{lane}", len(jobs))
+        pipe.hincrby(stats, f"items_{lane}", lane_items)
         for job, outcome in zip(jobs, outcomes, strict=True):
             recent.time("queue", _queue_ms(job))
             recent.time(f"wait_{lane}", _queue_ms(job))
+            pipe.hincrby(stats, f"wait_{lane}:{bin_of(_queue_ms(job))}", 1)
             if outcome.error is not None and not is_sync(job.result_ttl):
                 recent.add(f"failed:{outcome.error.code}")
         recent.write(pipe, self.keys, self.model)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from tests.conftest import PREFIX, Stack, WorkerProc, start_worker, wait_until
+from tests.conftest import PREFIX, Stack, WorkerProc, metric, start_worker, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -156,3 +156,8 @@ def test_lanes_are_reported_per_model(stack: Stack) -> None:
     assert set(lanes) == {"interactive", "bulk"}
     assert lanes["bulk"]["items"] > 0  # the jobs above ran in the bulk lane
     assert lanes["bulk"]["wait_ms"]["p50"] is not None
+    scraped = httpx.get(f"{stack.url}/metrics").text
+    for lane in ("interactive", "bulk"):
+        assert metric(scraped, "modelgate_lane_items_total", model="minilm", lane=lane) > 0
+        waits = metric(scraped, "modelgate_lane_wait_seconds_count", model="minilm", lane=lane)
+        assert waits > 0, lane

@@ -26,6 +26,7 @@ from redis import Redis
 
 from contract.config import load_registry
 from contract.jobs import Keys
+from contract.recent import KEEP_S
 from gateway.app import create_app
 from gateway.connections import Connections, redis_errors
 from gateway.dispatch import Dispatcher
@@ -156,8 +157,9 @@ def keys_of(client: Redis) -> set[bytes]:
     return set(client.scan_iter(count=1000))
 
 
-TRANSIENT = (b"mgtest:reaper:", b"rq:clean_registries:")
-"""Keys that come and go by themselves (the reaper's 1.5 s lock, RQ's maintenance mark)."""
+TRANSIENT = (b"mgtest:reaper:", b"rq:clean_registries:", b"mgtest:recent:")
+"""Keys that come and go by themselves (the reaper's 1.5 s lock, RQ's maintenance mark, the
+recent-activity buckets: one per model and ten seconds, whatever the traffic, each expiring)."""
 
 
 def lasting(keys: set[bytes]) -> set[bytes]:
@@ -181,6 +183,8 @@ def test_answered_sync_requests_leave_no_key_behind(load_stack: LoadStack) -> No
     # Answered means gone: job hashes, result streams, reply sets, executions, registries.
     wait_until(lambda: lasting(keys_of(s.jobs)) <= baseline, 5, "the job Redis to be back")
     assert lasting(keys_of(s.jobs)) == baseline
+    buckets = [k for k in keys_of(s.jobs) if k.startswith(b"mgtest:recent:")]
+    assert buckets and all(0 < s.jobs.ttl(k) <= KEEP_S for k in buckets)
     # The cache entries live in the cache Redis: two per cached request, none for no-store.
     assert s.cache.dbsize() - cache_before == 150
 
