@@ -10,10 +10,10 @@ A bucket is a hash at ``Keys.recent(model, start)``; its fields are counters:
 
 - gateway: ``requests``, ``errors``, ``error:<code>``, ``latency:<bin>``, ``cache_hit``,
   ``cache_miss`` (per input item);
-- workers: ``batches`` (model calls), ``items``, ``jobs``, ``queue:<bin>`` (per job),
-  ``compute:<bin>`` (per model call), ``failed:<code>`` (async jobs; a sync job's failure is
-  the gateway's error); per lane (``interactive``, ``bulk``): ``jobs_<lane>``,
-  ``items_<lane>`` and ``wait_<lane>:<bin>`` (a job's wait in that lane).
+- workers: ``batches`` (model calls), ``items``, ``jobs``, ``compute:<bin>`` (per model call),
+  ``failed:<code>`` (async jobs; a sync job's failure is the gateway's error); per lane
+  (``interactive``, ``bulk``): ``jobs_<lane>``, ``items_<lane>`` and ``wait_<lane>:<bin>`` (a
+  job's wait in that lane; a job's wait in either is the ``queue_ms`` of the summary).
 
 Times are binned on :data:`BOUNDS_MS`; quantiles interpolate within a bin, so p50/p99 are as
 exact as the bins (a bin's upper bound is at most 1.5 times its lower one from 2 ms to 100 ms).
@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,9 +51,8 @@ BOUNDS_MS = (
 LANES = ("interactive", "bulk")
 """The lanes of a model's work (``contract.jobs.LANES``)."""
 
-TIMES = ("latency", "queue", "compute", *(f"wait_{lane}" for lane in LANES))
-"""The binned times: a request at the gateway, a job's wait for a worker, one model call, and
-a job's wait in each lane."""
+TIMES = ("latency", "compute", *(f"wait_{lane}" for lane in LANES))
+"""The binned times: a request at the gateway, one model call, and a job's wait in each lane."""
 
 
 def bucket_of(t: float) -> int:
@@ -78,14 +78,28 @@ class Tally:
     def time(self, kind: str, ms: float) -> None:
         self.counts[f"{kind}:{bin_of(max(0.0, ms))}"] += 1
 
+    def increment(self, pipe: Any, key: str) -> None:
+        """Queue the increments of the hash ``key`` on a Redis pipeline (sync or async)."""
+        for name, n in self.counts.items():
+            pipe.hincrby(key, name, n)
+
     def write(self, pipe: Any, keys: Keys, model: str, at: float | None = None) -> None:
-        """Queue the increments on a Redis pipeline (sync or async): nothing is sent here."""
+        """Queue the increments of the model's current bucket, and its TTL, on a pipeline."""
         if not self.counts:
             return
         key = keys.recent(model, bucket_of(time.time() if at is None else at))
-        for name, n in self.counts.items():
-            pipe.hincrby(key, name, n)
+        self.increment(pipe, key)
         pipe.expire(key, KEEP_S)
+
+
+def binned(counts: Mapping[str, int], kind: str) -> dict[int, int]:
+    """The ``<kind>:<bin>`` counters of ``counts``, by bin."""
+    prefix = f"{kind}:"
+    return {
+        int(name[len(prefix) :]): n
+        for name, n in counts.items()
+        if name.startswith(prefix) and name[len(prefix) :].isdigit()
+    }
 
 
 def bucket_starts(now: float, window_s: int) -> list[int]:
@@ -116,13 +130,14 @@ def summarize(buckets: list[tuple[int, dict[str, int]]], now: float) -> dict[str
     total: Counter[str] = Counter()
     for _, counts in buckets:
         total.update(counts)
-    hists: dict[str, dict[int, int]] = {kind: {} for kind in TIMES}
+    hists = {kind: binned(total, kind) for kind in TIMES}
+    waits: Counter[int] = Counter()
+    for lane in LANES:
+        waits.update(hists[f"wait_{lane}"])
     errors: dict[str, int] = {}
     for name, n in total.items():
         kind, _, rest = name.partition(":")
-        if kind in hists and rest.isdigit():
-            hists[kind][int(rest)] = n
-        elif kind in ("error", "failed") and rest:
+        if kind in ("error", "failed") and rest:
             errors[rest] = errors.get(rest, 0) + n
     batches, items = total.get("batches", 0), total.get("items", 0)
     hits, misses = total.get("cache_hit", 0), total.get("cache_miss", 0)
@@ -132,7 +147,7 @@ def summarize(buckets: list[tuple[int, dict[str, int]]], now: float) -> dict[str
         "requests_series": [c.get("requests", 0) for _, c in buckets],
         "errors": dict(sorted(errors.items())),
         "latency_ms": _quantiles(hists["latency"]),
-        "queue_ms": _quantiles(hists["queue"]),
+        "queue_ms": _quantiles(dict(waits)),
         "compute_ms": _quantiles(hists["compute"]),
         "jobs": total.get("jobs", 0),
         "batches": batches,

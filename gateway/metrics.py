@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from contract.config import Registry
 from contract.jobs import Keys
-from contract.recent import BOUNDS_MS, LANES, Tally
+from contract.recent import BOUNDS_MS, LANES, Tally, binned
 from gateway.census import Census, RedisFacts
 from gateway.dispatch import Dispatcher
 
@@ -134,10 +134,8 @@ def _wait_histogram(stats: dict[str, int], lane: str) -> tuple[list[tuple[str, i
     """Prometheus buckets (seconds, cumulative) and an approximate sum from the workers' binned
     waits (``wait_<lane>:<bin>``, bins of :data:`contract.recent.BOUNDS_MS`)."""
     counts = [0] * (len(BOUNDS_MS) + 1)
-    prefix = f"wait_{lane}:"
-    for key, n in stats.items():
-        if key.startswith(prefix) and key[len(prefix) :].isdigit():
-            counts[min(int(key[len(prefix) :]), len(BOUNDS_MS))] += n
+    for index, n in binned(stats, f"wait_{lane}").items():
+        counts[min(index, len(BOUNDS_MS))] += n
     buckets, seen = [], 0
     for bound, n in zip(BOUNDS_MS, counts, strict=False):
         seen += n

@@ -38,7 +38,7 @@ from contract.jobs import (
     is_sync,
     job_result,
 )
-from contract.recent import Tally, bin_of
+from contract.recent import Tally
 from workers.chunks import RedisChunks
 from workers.lanes import LINGER_S, LanePolicy, LaneQueue
 from workers.replies import Replier
@@ -412,7 +412,7 @@ class BatchingWorker(SimpleWorker):
         return outcome
 
     def _chunk_size(self) -> int:
-        """A full batch, or a quarter of one while interactive work comes in."""
+        """A full batch, or a sixth of one while interactive work comes in."""
         full = self.policy.max_size
         shared = time.monotonic() - self.interactive_at < SHARED_FOR_S
         return max(1, full // SHARED_CHUNK_DIVISOR) if shared else full
@@ -485,29 +485,24 @@ class BatchingWorker(SimpleWorker):
         """The batch in the model's counters (``/metrics``), its recent-activity bucket (the
         dashboard) and this worker's description (its last batch)."""
         calls = self.calls or [(items, elapsed_ms)]  # none noted: the batch timed out
-        stats = self.keys.stats(self.model)
-        recent = Tally()
-        recent.add("jobs", len(jobs))
-        recent.add("items", items)
-        recent.add("batches", len(calls))
-        pipe.hincrby(stats, "batches", len(calls))
-        pipe.hincrby(stats, "jobs", len(jobs))
-        pipe.hincrby(stats, "items", items)
-        for size, ms in calls:
-            pipe.hincrby(stats, f"batch_size:{size}", 1)
-            recent.time("compute", ms)
         lane = BULK if jobs[0].origin.endswith(BULK_SUFFIX) else INTERACTIVE
-        lane_items = sum(n for n, _ in calls)
-        recent.add(f"jobs_{lane}", len(jobs))
-        recent.add(f"items_{lane}", lane_items)
-        pipe.hincrby(stats, f"jobs_{lane}", len(jobs))
-        pipe.hincrby(stats, f"items_{lane}", lane_items)
+        both = Tally()  # counted alike in the model's counters and in its recent bucket
+        both.add("batches", len(calls))
+        both.add("jobs", len(jobs))
+        both.add("items", items)
+        both.add(f"jobs_{lane}", len(jobs))
+        both.add(f"items_{lane}", sum(n for n, _ in calls))
+        stats, recent = Tally(both.counts.copy()), Tally(both.counts.copy())
+        for size, ms in calls:
+            stats.add(f"batch_size:{size}")
+            recent.time("compute", ms)
         for job, outcome in zip(jobs, outcomes, strict=True):
-            recent.time("queue", _queue_ms(job))
-            recent.time(f"wait_{lane}", _queue_ms(job))
-            pipe.hincrby(stats, f"wait_{lane}:{bin_of(_queue_ms(job))}", 1)
+            waited = _queue_ms(job)
+            stats.time(f"wait_{lane}", waited)
+            recent.time(f"wait_{lane}", waited)
             if outcome.error is not None and not is_sync(job.result_ttl):
                 recent.add(f"failed:{outcome.error.code}")
+        stats.increment(pipe, self.keys.stats(self.model))
         recent.write(pipe, self.keys, self.model)
         described = self.keys.worker_info(self.name)
         pipe.hset(described, mapping={"last_batch": calls[-1][0], "last_batch_at": time.time()})

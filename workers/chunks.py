@@ -68,9 +68,9 @@ class RedisChunks:
     def load(self) -> Done:
         raw: dict[bytes, bytes] = self.retrying(lambda: self.connection.hgetall(self.key))
         done: Done = {}
-        for index, value in raw.items():
+        for start, value in raw.items():
             outputs, tokens = json.loads(value)
-            done[int(index)] = (outputs, tokens)
+            done[int(start)] = (outputs, tokens)
         return done
 
     def started(self, done: int, total: int) -> None:
