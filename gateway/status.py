@@ -16,6 +16,7 @@ from rq.job import Job
 
 from contract.config import ModelSpec, Registry
 from contract.recent import BUCKET_S, bucket_starts, summarize
+from gateway.admission import Admission
 from gateway.census import memory
 from gateway.connections import redis_errors
 from gateway.dispatch import Dispatcher
@@ -44,8 +45,6 @@ async def report(
 async def _model(
     spec: ModelSpec, dispatcher: Dispatcher, now: float, window_s: int
 ) -> dict[str, Any]:
-    admission = dispatcher.admission
-    load = await admission.load(spec.name)
     starts = bucket_starts(now, window_s)
     async with redis_errors():
         pipe = dispatcher.conn.pipeline(transaction=False)
@@ -57,6 +56,16 @@ async def _model(
         for start, counts in zip(starts, raw, strict=True)
     ]
     return {
+        **await model_state(spec, dispatcher.admission),
+        "workers": await dispatcher.admission.workers(spec.name),
+        "recent": summarize(buckets, now),
+    }
+
+
+async def model_state(spec: ModelSpec, admission: Admission) -> dict[str, Any]:
+    """Whether workers serve ``spec`` now (``ModelState``): for ``/models`` and ``/status``."""
+    load = await admission.load(spec.name)
+    return {
         "name": spec.name,
         "task": spec.task,
         "device": spec.device,
@@ -66,8 +75,6 @@ async def _model(
         "bulk_queue_depth": load.bulk_depth,
         "max_batch_size": spec.max_batch_size,
         "load_error": None if load.live_workers else await admission.load_error(spec.name),
-        "workers": await admission.workers(spec.name),
-        "recent": summarize(buckets, now),
     }
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from contract.recent import MAX_WINDOW_S
 from gateway import status
-from gateway.api.schemas import ERROR_RESPONSES, WorkerInfo
+from gateway.api.schemas import ERROR_RESPONSES, ModelState, WorkerInfo
 from gateway.deps import DispatcherDep, RegistryDep
 
 ASSETS_PATH = "/dashboard-assets"
@@ -61,16 +61,7 @@ class RecentActivity(BaseModel):
     lanes: dict[str, LaneActivity] = Field(description="interactive and bulk")
 
 
-class ModelStatus(BaseModel):
-    name: str
-    task: str
-    device: str
-    ready: bool
-    live_workers: int
-    queue_depth: int = Field(description="sync requests waiting (the interactive lane)")
-    bulk_queue_depth: int = Field(description="async jobs waiting (the bulk lane)")
-    max_batch_size: int
-    load_error: str | None = Field(description="why its workers cannot load it, while so")
+class ModelStatus(ModelState):
     workers: list[WorkerInfo]
     recent: RecentActivity
 

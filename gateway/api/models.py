@@ -8,6 +8,7 @@ from contract.config import ModelSpec
 from gateway.api.schemas import ERROR_RESPONSES, ModelInfo, ModelSchemas, WorkerInfo
 from gateway.deps import DispatcherDep, RegistryDep, SpecDep
 from gateway.dispatch import Dispatcher
+from gateway.status import model_state
 
 router = APIRouter(tags=["models"])
 
@@ -15,31 +16,21 @@ router = APIRouter(tags=["models"])
 async def describe(
     spec: ModelSpec, dispatcher: Dispatcher, schemas: ModelSchemas, with_workers: bool = False
 ) -> ModelInfo:
-    load = await dispatcher.admission.load(spec.name)
-    load_error = None if load.live_workers else await dispatcher.admission.load_error(spec.name)
     workers = None
     if with_workers:
         workers = [
             WorkerInfo.model_validate(w) for w in await dispatcher.admission.workers(spec.name)
         ]
     return ModelInfo(
-        name=spec.name,
-        task=spec.task,
+        **await model_state(spec, dispatcher.admission),
         source=spec.source.describe(),
-        device=spec.device,
         dtype=spec.dtype,
-        ready=load.live_workers > 0,
-        live_workers=load.live_workers,
-        queue_depth=load.queue_depth,
-        bulk_queue_depth=load.bulk_depth,
         bulk_share=spec.bulk_share,
         max_inputs=spec.max_inputs,
         max_chars=spec.max_chars,
-        max_batch_size=spec.max_batch_size,
         timeout_s=spec.timeout_s,
         schemas=schemas,
         workers=workers,
-        load_error=load_error,
     )
 
 

@@ -230,28 +230,33 @@ class ModelSchemas(BaseModel):
     parameters: dict[str, Any] = Field(description="JSON schema of the task's parameters")
 
 
-class ModelInfo(BaseModel):
-    """A served model: its configuration, and whether workers serve it right now."""
+class ModelState(BaseModel):
+    """Whether workers serve a model right now (``/models`` and ``/status`` alike)."""
 
     name: str
     task: str
-    source: str
     device: str
-    dtype: str
     ready: bool
     live_workers: int
     queue_depth: int = Field(description="sync requests waiting (the interactive lane)")
     bulk_queue_depth: int = Field(description="async jobs waiting (the bulk lane)")
-    bulk_share: float = Field(description="share of batches bulk work gets while both wait")
-    max_inputs: int
-    max_chars: int
     max_batch_size: int
-    timeout_s: float
-    schemas: ModelSchemas
-    workers: list[WorkerInfo] | None = None
     load_error: str | None = Field(
         default=None, description="why its workers cannot load the model, while none serves it"
     )
+
+
+class ModelInfo(ModelState):
+    """A served model: its configuration, and whether workers serve it right now."""
+
+    source: str
+    dtype: str
+    bulk_share: float = Field(description="share of batches bulk work gets while both wait")
+    max_inputs: int
+    max_chars: int
+    timeout_s: float
+    schemas: ModelSchemas
+    workers: list[WorkerInfo] | None = None
 
 
 def model_schemas(spec: ModelSpec) -> ModelSchemas:
