@@ -85,8 +85,8 @@ class ModelSpec(_Strict):
     max_chars: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
     max_queue: Annotated[int, Field(gt=0)] = 10_000
     bulk_share: Annotated[float, Field(gt=0, le=1)] = 0.25
-    """The share of a worker's batches that bulk work (async jobs, Batch API) gets while
-    interactive requests wait too; bulk takes everything when nothing else waits."""
+    """The share of its own throughput that a running bulk job (async jobs, Batch API) keeps
+    while interactive requests come in; with none coming, bulk work takes every batch."""
     truncation: bool = True
     cache_ttl_s: Annotated[int, Field(ge=0)] = 3600
     replicas: Annotated[int, Field(ge=0, le=64)] = 1

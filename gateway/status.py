@@ -45,6 +45,17 @@ async def report(
 async def _model(
     spec: ModelSpec, dispatcher: Dispatcher, now: float, window_s: int
 ) -> dict[str, Any]:
+    return {
+        **await model_state(spec, dispatcher.admission),
+        "workers": await dispatcher.admission.workers(spec.name),
+        "recent": await activity(spec, dispatcher, now, window_s),
+    }
+
+
+async def activity(
+    spec: ModelSpec, dispatcher: Dispatcher, now: float, window_s: int
+) -> dict[str, Any]:
+    """The model's recent activity (``RecentActivity``) over the last ``window_s`` seconds."""
     starts = bucket_starts(now, window_s)
     async with redis_errors():
         pipe = dispatcher.conn.pipeline(transaction=False)
@@ -55,11 +66,7 @@ async def _model(
         (start, {k.decode(): int(v) for k, v in counts.items()})
         for start, counts in zip(starts, raw, strict=True)
     ]
-    return {
-        **await model_state(spec, dispatcher.admission),
-        "workers": await dispatcher.admission.workers(spec.name),
-        "recent": summarize(buckets, now),
-    }
+    return summarize(buckets, now)
 
 
 async def model_state(spec: ModelSpec, admission: Admission) -> dict[str, Any]:

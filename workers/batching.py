@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.exceptions
@@ -40,13 +40,10 @@ from contract.jobs import (
 )
 from contract.recent import Tally
 from workers.chunks import RedisChunks
-from workers.lanes import LINGER_S, LanePolicy, LaneQueue
+from workers.lanes import BULK_LINGER_S, LINGER_S, BulkPace, LanePolicy, LaneQueue
 from workers.replies import Replier
 from workers.tasks import (
-    GO_ON,
-    STOP,
-    YIELD,
-    ChunkStore,
+    ChunkedRun,
     InferenceError,
     JobLike,
     MemoryChunks,
@@ -90,11 +87,16 @@ def _full_as_refusal() -> Iterator[None]:
 
 
 SHARED_FOR_S = 1.0
-"""Interactive work seen this recently makes a large job's chunks smaller."""
+"""Interactive work seen this recently makes a bulk job's chunks of its own smaller."""
 
 SHARED_CHUNK_DIVISOR = 6
-"""A large job's chunk while interactive work comes in: this fraction of ``max_batch_size``
-(a request waits at most about one such chunk, at some cost to the job's throughput)."""
+"""A bulk job's chunk of its own while interactive work comes in but none waits: at least this
+fraction of ``max_batch_size`` (a request arriving meanwhile waits at most about one such chunk;
+the job's share is kept by the inputs that ride along interactive batches)."""
+
+JOB_HEARTBEAT_S = 15.0
+"""How often a running bulk job's heartbeat is renewed (RQ's started-job registry takes a job
+without one for 90 s as abandoned; a large job sharing its worker may run for minutes)."""
 
 REDIS_RETRY_S = 30.0
 """How long a batch keeps retrying its start or its results while Redis is away."""
@@ -107,6 +109,25 @@ class BatchPolicy:
     max_size: int = 32
     max_delay_ms: float = 0.0
     timeout_s: float = 30.0
+
+
+@dataclass
+class Batch:
+    """Jobs taken together from one lane, and what running them took."""
+
+    jobs: list[Job]
+    queue: Queue
+    lane: str
+    calls: list[tuple[int, float]] = field(default_factory=list)
+    """The model calls made for this batch: inputs and milliseconds of each."""
+    items: int = 0
+    """Inputs of this batch's jobs computed, in its own calls or riding along others'."""
+    chunks: dict[str, int] = field(default_factory=dict)
+    """Chunks each large job of the batch computed in this run."""
+    riding: dict[str, int] = field(default_factory=dict)
+    """Of those, the chunks that rode along an interactive batch."""
+    stores: dict[str, RedisChunks] = field(default_factory=dict)
+    """The chunk stores of the batch's large async jobs."""
 
 
 def _queue_ms(job: Job) -> float:
@@ -137,13 +158,15 @@ class BatchingWorker(SimpleWorker):
     ) -> None:
         super().__init__(queues, **kwargs)
         self.lanes = lanes or LanePolicy(1.0)
+        self.pace = BulkPace(self.lanes.bulk_share, policy.max_size)
         self.interactive = queues[0]
-        """The lane whose waiting work a large job yields to between its chunks."""
+        """The lane a running bulk job serves between its chunks."""
         self.interactive_at = float("-inf")
         """When interactive work was last seen (``time.monotonic()``): while it is recent, a
-        large job runs in smaller chunks, so that a request never waits long behind one."""
-        self.stores: dict[str, RedisChunks] = {}
-        """The chunk stores of the current batch's large async jobs."""
+        bulk job's chunks of its own are small, so that a request never waits long behind one."""
+        self.in_bulk = False
+        """Whether a bulk job is running (the interactive batches it serves meanwhile run their
+        own large jobs in memory)."""
         self.cache_connection = cache_connection
         self.replier = Replier(self.connection, keys)
         self.engine = engine
@@ -155,10 +178,6 @@ class BatchingWorker(SimpleWorker):
         self.busy_since: float | None = None
         self.batch_timeout_s = float(policy.timeout_s)
         self.last_batch_items = 0
-        self.chunks: dict[str, int] = {}
-        """Chunks each large job of the current batch computed in this run."""
-        self.calls: list[tuple[int, float]] = []
-        """The current batch's model calls: inputs and milliseconds of each."""
 
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
         """RQ's birth, and this worker's queues in RQ's queue registry: RQ adds a queue there
@@ -246,14 +265,15 @@ class BatchingWorker(SimpleWorker):
         self._state = WorkerStatus.BUSY
         self.busy_since = time.monotonic()
         try:
-            jobs = self._collect(job, queue)
-            if queue.key == self.interactive.key:
+            lane = BULK if queue.name.endswith(BULK_SUFFIX) else INTERACTIVE
+            batch = Batch(self._collect(job, queue), queue, lane)
+            if lane == INTERACTIVE:
                 self.interactive_at = time.monotonic()
             # A transaction that raised may still have been applied (Redis stopping after EXEC):
             # replaying it is harmless; giving up would leave jobs STARTED by a live worker.
-            executions = self._retrying(lambda: self._start(jobs, queue))
-            outcomes, elapsed_ms = self._run(jobs)
-            self._retrying(lambda: self._finish(jobs, executions, outcomes, queue, elapsed_ms))
+            executions = self._retrying(lambda: self._start(batch.jobs, queue))
+            outcomes, elapsed_ms = self._run(batch)
+            self._retrying(lambda: self._finish(batch, executions, outcomes, elapsed_ms))
         except REDIS_REFUSING as err:
             self.log.error("batch abandoned, Redis refused it for %.0f s: %s", REDIS_RETRY_S, err)
         finally:
@@ -277,7 +297,7 @@ class BatchingWorker(SimpleWorker):
                 time.sleep(pause)
                 pause = min(1.0, pause * 2)
 
-    def _items(self, jobs: list[Job]) -> int:
+    def _items(self, jobs: Sequence[JobLike | Job]) -> int:
         total = 0
         for job in jobs:
             try:
@@ -288,31 +308,64 @@ class BatchingWorker(SimpleWorker):
         return total
 
     def _collect(self, first: Job, queue: Queue) -> list[Job]:
-        jobs = [first]
+        return self._gather(queue, [first], self.policy.max_size)
+
+    def _gather(self, queue: Queue, jobs: list[Job], size: int) -> list[Job]:
+        """``jobs`` and more from ``queue``, up to ``size`` inputs in all (the first job is
+        taken whatever its size; a job that would overfill the batch goes back to the head of
+        its queue, for the next batch)."""
         # Wait for company only under load (the last batch had some): a request arriving alone
         # after a quiet spell runs at once, so the delay never costs a lone caller anything.
         delay_ms = self.policy.max_delay_ms if self.last_batch_items > 1 else 0.0
         deadline = time.monotonic() + delay_ms / 1000
-        while (room := self.policy.max_size - self._items(jobs)) > 0:
-            try:
-                with _full_as_refusal():
-                    ids = self._drain_ids(queue, room, deadline)
-            except REDIS_REFUSING:
-                break  # ids already moved stay in the intermediate list: the reaper requeues them
+        while (room := size - self._items(jobs)) > 0:
+            ids = self._take_ids(queue, room, deadline)
             if not ids:
                 break
-            try:
-                fetched = Job.fetch_many(
-                    ids, connection=self.connection, serializer=self.serializer
-                )
-            except REDIS_DOWN:
+            fetched = self._fetch(queue, ids)
+            if fetched is None:
                 break
-            for job_id, job in zip(ids, fetched, strict=True):
-                if job is None or job.get_status(refresh=False) == JobStatus.CANCELED:
-                    # Expired, deleted or canceled while queued: drop it, never run it.
-                    self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
-                else:
-                    jobs.append(job)
+            for i, job in enumerate(fetched):
+                if self._items([*jobs, job]) > size:
+                    self._put_back(queue, fetched[i:])
+                    return jobs
+                jobs.append(job)
+        return jobs
+
+    def _put_back(self, queue: Queue, jobs: list[Job]) -> None:
+        """Return taken jobs to the head of ``queue``, in their order, atomically (a worker
+        killed meanwhile leaves them in the intermediate list, where the reaper finds them)."""
+        with (
+            contextlib.suppress(*REDIS_REFUSING),
+            _full_as_refusal(),
+            self.connection.pipeline() as pipe,
+        ):
+            for job in reversed(jobs):
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipe.lpush(queue.key, job.id)
+            pipe.execute()
+
+    def _take_ids(self, queue: Queue, room: int, deadline: float) -> list[str]:
+        try:
+            with _full_as_refusal():
+                return self._drain_ids(queue, room, deadline)
+        except REDIS_REFUSING:
+            return []  # ids already moved stay in the intermediate list: the reaper requeues them
+
+    def _fetch(self, queue: Queue, ids: list[str]) -> list[Job] | None:
+        """The jobs of ``ids`` taken from ``queue``, less those gone or canceled meanwhile;
+        None if Redis is away (the ids stay in the intermediate list: the reaper requeues them)."""
+        try:
+            fetched = Job.fetch_many(ids, connection=self.connection, serializer=self.serializer)
+        except REDIS_DOWN:
+            return None
+        jobs = []
+        for job_id, job in zip(ids, fetched, strict=True):
+            if job is None or job.get_status(refresh=False) == JobStatus.CANCELED:
+                # Expired, deleted or canceled while queued: drop it, never run it.
+                self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
+            else:
+                jobs.append(job)
         return jobs
 
     def _drain_ids(self, queue: Queue, room: int, deadline: float) -> list[str]:
@@ -356,15 +409,16 @@ class BatchingWorker(SimpleWorker):
             pipe.execute()
         return executions
 
-    def _run(self, jobs: list[Job]) -> tuple[list[Outcome], float]:
+    def _run(self, batch: Batch) -> tuple[list[Outcome], float]:
         # A batch may run as long as its longest job may (the gateway scales a large job's
         # timeout with its size); SIGALRM takes whole seconds.
+        jobs = batch.jobs
         timeout = max(1, *(int(j.timeout or 0) for j in jobs))
         self.batch_timeout_s = timeout
         started = time.perf_counter()
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
-                outcomes = self._run_jobs(jobs)
+                outcomes, _ = self._run_jobs(batch)
         except JobTimeoutException:
             err = InferenceError("inference_timeout", f"the batch ran over {timeout} s")
             outcomes = [Outcome(error=err) for _ in jobs]
@@ -372,91 +426,171 @@ class BatchingWorker(SimpleWorker):
         self.log.debug("batch of %d jobs took %.1f ms", len(jobs), elapsed_ms)
         return outcomes, elapsed_ms
 
-    def _run_jobs(self, jobs: list[Job]) -> list[Outcome]:
-        """Jobs that fit a batch run together; a job larger than a batch runs alone, a batch at
-        a time, its progress recorded after each chunk. Each model call made is noted in
-        ``self.calls`` (inputs, milliseconds)."""
-        size = self.policy.max_size
-        self.chunks, self.calls, self.stores = {}, [], {}
+    def _run_jobs(
+        self, batch: Batch, riding: JobLike | None = None
+    ) -> tuple[list[Outcome], Outcome | None]:
+        """The batch's jobs that fit a batch run together, with ``riding`` (a bulk job's chunk)
+        in the same model call; a job larger than a batch runs alone, a chunk at a time. The
+        batch's Outcomes, and the riding chunk's."""
+        jobs, size = batch.jobs, self.policy.max_size
         large = [i for i, job in enumerate(jobs) if self._items([job]) > size]
         small = [i for i in range(len(jobs)) if i not in large]
         outcomes: list[Outcome] = [Outcome() for _ in jobs]
-        if small:
-            began = time.perf_counter()
-            together = run_jobs(self.engine, cast(Sequence[JobLike], [jobs[i] for i in small]))
-            ms = 1000 * (time.perf_counter() - began)
-            self.calls.append((self._items([jobs[i] for i in small]), ms))
-            for i, outcome in zip(small, together, strict=True):
+        together: list[JobLike] = [cast(JobLike, jobs[i]) for i in small]
+        ridden = None
+        if riding is not None:
+            together.append(riding)
+        if together:
+            results, ms = self._call(together)
+            batch.calls.append((self._items(together), ms))
+            batch.items += self._items([jobs[i] for i in small])
+            if riding is not None:
+                ridden = results.pop()
+            for i, outcome in zip(small, results, strict=True):
                 outcomes[i] = outcome
         for i in large:
-            outcomes[i] = self._run_large(jobs[i])
-        return outcomes
+            outcomes[i] = self._run_large(jobs[i], batch)
+        return outcomes, ridden
 
-    def _run_large(self, job: Job) -> Outcome:
-        """A job larger than a batch, in chunks. An async job's chunks are kept in Redis, and it
-        yields to waiting interactive work between two chunks (unless it is bulk's turn); a sync
-        job's caller is waiting for all of it, so it runs to the end."""
-        store: ChunkStore
-        next_step: Callable[[], str]
-        if is_sync(job.result_ttl):
-            store, next_step = MemoryChunks(), lambda: GO_ON
-        else:
+    def _call(self, jobs: Sequence[JobLike]) -> tuple[list[Outcome], float]:
+        """One model call (or as few as the jobs' parameters allow), timed and learnt from."""
+        began = time.perf_counter()
+        outcomes = run_jobs(self.engine, jobs)
+        seconds = time.perf_counter() - began
+        self.pace.observe(self._items(jobs), seconds)
+        return outcomes, 1000 * seconds
+
+    def _run_large(self, job: Job, batch: Batch) -> Outcome:
+        """A job larger than a batch, in chunks. An async job's chunks are kept in Redis and it
+        serves the interactive lane meanwhile (:meth:`_run_bulk`); a sync job's caller waits
+        for all of it, so it runs to the end."""
+        if not is_sync(job.result_ttl) and not self.in_bulk:
             chunks = RedisChunks(self.connection, self.keys, self.model, job, self._retrying)
-            store, next_step = chunks, lambda: self._next_step(job)
-            self.stores[job.id] = chunks
+            batch.stores[job.id] = chunks
+            return self._run_bulk(job, chunks, batch)
         outcome, calls = run_chunked(
-            self.engine, cast(JobLike, job), self._chunk_size, store, next_step
+            self.engine, cast(JobLike, job), self.policy.max_size, MemoryChunks()
         )
-        self.chunks[job.id] = len(calls)
-        self.calls.extend(calls)
+        for n, ms in calls:
+            self.pace.observe(n, ms / 1000)
+        batch.calls.extend(calls)
+        batch.items += sum(n for n, _ in calls)
+        batch.chunks[job.id] = len(calls)
         return outcome
 
-    def _chunk_size(self) -> int:
-        """A full batch, or a sixth of one while interactive work comes in."""
-        full = self.policy.max_size
-        shared = time.monotonic() - self.interactive_at < SHARED_FOR_S
-        return max(1, full // SHARED_CHUNK_DIVISOR) if shared else full
-
-    def _next_step(self, job: Job) -> str:
-        """Between two chunks of a bulk job: stop if a client canceled it; make way if
-        interactive work waits and it is not bulk's turn; else go on."""
+    def _run_bulk(self, job: Job, store: RedisChunks, batch: Batch) -> Outcome:
+        """A bulk job, a chunk at a time, serving the interactive lane as it goes: interactive
+        jobs that wait (or come within :data:`BULK_LINGER_S` of the last interactive batch) run
+        first, and the inputs the job is owed (:class:`BulkPace`) ride along in the same model
+        call. With no interactive work waiting the job runs chunks of its own: small while
+        interactive work came recently, full batches otherwise. A client's cancel stops it
+        between two chunks."""
+        run = ChunkedRun(cast(JobLike, job), store)
+        self.pace.start()
+        rode, alive_at = 0, time.monotonic()
+        self.in_bulk = True
         try:
-            with self.connection.pipeline(transaction=False) as pipe:
-                pipe.exists(self.keys.cancel(job.id))
-                pipe.llen(self.interactive.key)
-                canceled, waiting = pipe.execute()
+            while not run.finished:
+                began = time.perf_counter()
+                if time.monotonic() - alive_at > JOB_HEARTBEAT_S:
+                    self._keep_alive(job)
+                    alive_at = time.monotonic()
+                if run.chunks and self._canceled(job):
+                    batch.chunks[job.id], batch.riding[job.id] = run.chunks, rode
+                    return Outcome(payload=run.payload, canceled=True)
+                owed = self.pace.owed(time.monotonic())
+                company = self._company(self.policy.max_size - owed)
+                if company:
+                    want = owed
+                elif time.monotonic() - self.interactive_at < SHARED_FOR_S:
+                    want = max(owed, self.policy.max_size // SHARED_CHUNK_DIVISOR, 1)
+                else:
+                    want = self.policy.max_size
+                chunk = run.next_chunk(want) if want else None
+                if company:
+                    part = self._serve(company, chunk)
+                    rode += chunk is not None
+                else:
+                    assert chunk is not None
+                    [part], ms = self._call([chunk])
+                    batch.calls.append((self._items([chunk]), ms))
+                if chunk is not None and part is not None:
+                    n = self._items([chunk])
+                    self.pace.spend(n)
+                    batch.items += n
+                    run.record(part)
+                    if not company and n == self.policy.max_size:
+                        self.pace.observe(n, time.perf_counter() - began, alone=True)
+        finally:
+            self.in_bulk = False
+        batch.chunks[job.id], batch.riding[job.id] = run.chunks, rode
+        return run.outcome()
+
+    def _keep_alive(self, job: Job) -> None:
+        """Renew a running job's heartbeat as RQ's own work-horse monitor does."""
+        execution = next((e for e in self.executions.values() if e.job_id == job.id), None)
+        if execution is not None:
+            with self._unless_redis_down("job heartbeat"):
+                self.maintain_heartbeats(job, execution)
+
+    def _canceled(self, job: Job) -> bool:
+        try:
+            return bool(self.connection.exists(self.keys.cancel(job.id)))
         except REDIS_DOWN:
-            return GO_ON
-        if canceled:
-            return STOP
-        if waiting:
-            self.interactive_at = time.monotonic()
-        return YIELD if waiting and self.lanes.next_lane() != BULK else GO_ON
+            return False
+
+    def _company(self, size: int) -> list[Job]:
+        """Interactive jobs waiting now, or coming while the lane lingers after its last batch,
+        collected as a batch of up to ``size`` inputs would be."""
+        lane = self.interactive
+        if size <= 0:
+            return []
+        ids = self._take_ids(lane, 1, getattr(lane, "linger_until", 0.0))
+        if not ids:
+            return []
+        self.interactive_at = time.monotonic()
+        jobs = self._fetch(lane, ids)
+        return self._gather(lane, jobs, size) if jobs else []
+
+    def _serve(self, jobs: list[Job], riding: JobLike | None) -> Outcome | None:
+        """An interactive batch served while a bulk job runs, with the job's chunk ``riding``
+        along in the same model call; the chunk's Outcome. The batch is started, answered and
+        counted as any interactive batch."""
+        lane = self.interactive
+        batch = Batch(jobs, lane, INTERACTIVE)
+        executions = self._retrying(lambda: self._start(jobs, lane))
+        started = time.perf_counter()
+        try:
+            outcomes, ridden = self._run_jobs(batch, riding)
+        except JobTimeoutException:  # the bulk job's own timeout: answer these, then stop it
+            err = InferenceError("inference_timeout", "the worker's running batch timed out")
+            outcomes = [Outcome(error=err) for _ in jobs]
+            self._retrying(lambda: self._finish(batch, executions, outcomes, 0.0))
+            raise
+        elapsed_ms = 1000 * (time.perf_counter() - started)
+        self._retrying(lambda: self._finish(batch, executions, outcomes, elapsed_ms))
+        if isinstance(lane, LaneQueue):
+            lane.linger_until = time.monotonic() + BULK_LINGER_S
+        return ridden
 
     def _finish(
-        self,
-        jobs: list[Job],
-        executions: list[Execution],
-        outcomes: list[Outcome],
-        queue: Queue,
-        elapsed_ms: float,
+        self, batch: Batch, executions: list[Execution], outcomes: list[Outcome], elapsed_ms: float
     ) -> None:
         ended = now()
+        jobs = batch.jobs
         items = self._items(jobs)
         self.last_batch_items = items
+        largest = max((n for n, _ in batch.calls), default=items)
         # Cache first: a single-flight joiner that finds the job already gone reads the cache.
         self._cache(outcomes)
         with self.connection.pipeline() as pipe:
             for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
-                if outcome.yielded:
-                    self._requeue(job, execution, pipe)
-                    continue
                 if outcome.canceled:
-                    self._cancel(job, execution, pipe)
+                    self._cancel(job, execution, batch.stores[job.id], pipe)
                     continue
                 job.ended_at = ended
-                if job.id in self.stores:
-                    self.stores[job.id].drop(pipe)
+                if job.id in batch.stores:
+                    batch.stores[job.id].drop(pipe)
                 if outcome.error is not None or outcome.value is None:
                     if is_sync(job.result_ttl):
                         self._reply_failure(job, execution, outcome.error, pipe)
@@ -465,33 +599,35 @@ class BatchingWorker(SimpleWorker):
                     outcome.value,
                     self.fingerprint,
                     elapsed_ms,
-                    min(items, self.policy.max_size) if job.id in self.chunks else items,
+                    min(largest, self.policy.max_size),
                     _queue_ms(job),
                     outcome.tokens,
                 )
                 self._record_success(job, execution, value, pipe)
-            self._count(pipe, jobs, outcomes, items, elapsed_ms)
+            self._count(pipe, batch, outcomes, items, elapsed_ms)
             pipe.execute()
         for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
             if outcome.error is not None and not is_sync(job.result_ttl):
-                self._record_failure(job, execution, outcome.error, queue)
-        self._log_done(jobs, outcomes, items, elapsed_ms)
+                self._record_failure(job, execution, outcome.error, batch.queue)
+        self._log_done(batch, outcomes, items, elapsed_ms)
         if self.on_batch is not None:
             self.on_batch(items)
 
     def _count(
-        self, pipe: Any, jobs: list[Job], outcomes: list[Outcome], items: int, elapsed_ms: float
+        self, pipe: Any, batch: Batch, outcomes: list[Outcome], items: int, elapsed_ms: float
     ) -> None:
         """The batch in the model's counters (``/metrics``), its recent-activity bucket (the
-        dashboard) and this worker's description (its last batch)."""
-        calls = self.calls or [(items, elapsed_ms)]  # none noted: the batch timed out
-        lane = BULK if jobs[0].origin.endswith(BULK_SUFFIX) else INTERACTIVE
+        dashboard) and this worker's description (its last batch). Each model call counts in
+        the batch that made it; the inputs of a bulk chunk that rode along an interactive batch
+        count in the bulk lane's items."""
+        jobs, lane = batch.jobs, batch.lane
+        calls = batch.calls or [(items, elapsed_ms)]  # none noted: the batch timed out
         both = Tally()  # counted alike in the model's counters and in its recent bucket
         both.add("batches", len(calls))
         both.add("jobs", len(jobs))
-        both.add("items", items)
+        both.add("items", sum(n for n, _ in calls))  # what the model computed
         both.add(f"jobs_{lane}", len(jobs))
-        both.add(f"items_{lane}", sum(n for n, _ in calls))
+        both.add(f"items_{lane}", batch.items if batch.calls else items)
         stats, recent = Tally(both.counts.copy()), Tally(both.counts.copy())
         for size, ms in calls:
             stats.add(f"batch_size:{size}")
@@ -509,30 +645,22 @@ class BatchingWorker(SimpleWorker):
         pipe.expire(described, int(PRESENCE_TTL_S) + 60)
 
     def _log_done(
-        self, jobs: list[Job], outcomes: list[Outcome], items: int, elapsed_ms: float
+        self, batch: Batch, outcomes: list[Outcome], items: int, elapsed_ms: float
     ) -> None:
-        for job, outcome in zip(jobs, outcomes, strict=True):
+        for job, outcome in zip(batch.jobs, outcomes, strict=True):
+            chunks = batch.chunks.get(job.id)
             if outcome.canceled:
-                self.log.info("job %s canceled between two chunks", job.id)
-            elif outcome.yielded:
-                progress = job.meta.get("progress") or {}
-                self.log.info(
-                    "job %s yields to interactive work after %d chunks (%s/%s inputs done)",
-                    job.id,
-                    self.chunks.get(job.id, 0),
-                    progress.get("done"),
-                    progress.get("total"),
-                    extra={"job_id": job.id, "model": self.model},
-                )
+                self.log.info("job %s canceled between two chunks, after %d", job.id, chunks)
             elif outcome.error is None:
                 request_id = outcome.payload.request_id if outcome.payload else ""
                 n = len(outcome.value or [])
-                chunks = self.chunks.get(job.id)
-                how = (
-                    f"in {chunks} chunks of up to {self.policy.max_size}"
-                    if chunks
-                    else f"in a batch of {items}"
-                )
+                if chunks is None:
+                    how = f"in a batch of {items}"
+                else:
+                    rode = batch.riding.get(job.id, 0)
+                    how = f"in {chunks} chunks of up to {self.policy.max_size}" + (
+                        f", {rode} of them riding along interactive batches" if rode else ""
+                    )
                 self.log.info(
                     "job %s done: %d inputs %s, %.1f ms (request %s)",
                     job.id,
@@ -570,19 +698,12 @@ class BatchingWorker(SimpleWorker):
             # A cache that cannot take entries only costs recomputation, never a result.
             self.log.warning("%d cache entries not stored: %s", len(entries), err)
 
-    def _requeue(self, job: Job, execution: Execution, pipe: Any) -> None:
-        """A large job that yielded goes back to the front of its lane, to resume from its
-        stored chunks; until then it is queued (and can be canceled) like any other."""
-        self.cleanup_execution(job, pipeline=pipe, execution=execution)
-        job.set_status(JobStatus.QUEUED, pipeline=pipe)
-        pipe.lpush(Queue.redis_queue_namespace_prefix + job.origin, job.id)
-
-    def _cancel(self, job: Job, execution: Execution, pipe: Any) -> None:
+    def _cancel(self, job: Job, execution: Execution, store: RedisChunks, pipe: Any) -> None:
         """A large job a client canceled while it ran: it ends canceled between two chunks, its
         finished chunks dropped, readable as canceled until its TTL, like a canceled queued
         job (see the gateway's cancel)."""
         ttl = job.get_result_ttl(self.default_result_ttl) or 1
-        self.stores[job.id].drop(pipe)
+        store.drop(pipe)
         self.cleanup_execution(job, pipeline=pipe, execution=execution)
         job.set_status(JobStatus.CANCELED, pipeline=pipe)
         pipe.zadd(f"rq:canceled:{job.origin}", {job.id: time.time() + ttl})

@@ -71,9 +71,6 @@ class Outcome:
     payload: JobPayload | None = None
     tokens: list[int] | None = None
     """Tokens of each input, by the model's tokenizer, once it succeeded."""
-    yielded: bool = False
-    """A job run in chunks stopped between two of them to let other work go first: it goes
-    back to its queue and resumes where it stopped."""
     canceled: bool = False
     """A job run in chunks stopped between two of them because a client canceled it."""
 
@@ -142,10 +139,6 @@ class _Chunk:
     kwargs: dict[str, Any]
 
 
-GO_ON, YIELD, STOP = "go on", "yield", "stop"
-"""What a job run in chunks does after a chunk: the next chunk; make way for other work (back to
-its queue); or stop, canceled."""
-
 Done = dict[int, tuple[list[Any], list[int]]]
 """Finished chunks of a job by start offset: their outputs and tokens."""
 
@@ -184,50 +177,82 @@ class MemoryChunks:
         self.seen.append((done, total))
 
 
+class ChunkedRun:
+    """One job's inputs computed a chunk at a time, from the first input its ``store`` does not
+    hold yet (a job resumed after its worker died starts there), each finished chunk saved under
+    its start offset. The caller chooses each chunk's size and how it is computed: alone, or in
+    the same model call as other jobs (a chunk is a job of its own, see :meth:`next_chunk`).
+
+    A job larger than a batch thus never becomes one model call of thousands of inputs. The
+    first failing chunk fails the job."""
+
+    def __init__(self, job: JobLike, store: ChunkStore, now: float | None = None) -> None:
+        self.job, self.store = job, store
+        self.chunks = 0
+        """Chunks this run computed."""
+        self.failed: Outcome | None = None
+        self.pos = self.total = 0
+        try:
+            self.payload: JobPayload | None = _admit(job, time.time() if now is None else now)
+        except InferenceError as err:
+            self.payload, self.failed = None, Outcome(error=err)
+            return
+        self.total = len(self.payload.inputs)
+        self.pos = store.covered()  # the chunks' contents are read once, at the end
+        store.started(self.pos, self.total)
+
+    @property
+    def finished(self) -> bool:
+        return self.failed is not None or self.pos >= self.total
+
+    def next_chunk(self, n: int) -> JobLike:
+        """The next ``n`` inputs (fewer at the end) as a job of their own."""
+        assert self.payload is not None
+        inputs = self.payload.inputs[self.pos : self.pos + max(1, n)]
+        return _Chunk(
+            self.job.id, self.job.func_name, {**self.payload.to_kwargs(), "inputs": inputs}
+        )
+
+    def record(self, part: Outcome) -> None:
+        """The outcome of the chunk :meth:`next_chunk` last gave: saved, or the job failed."""
+        if part.error is not None or part.value is None:
+            self.failed = Outcome(error=part.error, payload=self.payload)
+            return
+        tokens = part.tokens or [0] * len(part.value)
+        start, self.pos = self.pos, self.pos + len(part.value)
+        self.chunks += 1
+        self.store.save(start, part.value, tokens, self.pos, self.total)
+
+    def outcome(self) -> Outcome:
+        """The job's Outcome once :attr:`finished`: all its chunks' outputs, in order."""
+        if self.failed is not None:
+            return self.failed
+        done = self.store.load()
+        starts = _chain(done)
+        values = [v for start in starts for v in done[start][0]]
+        tokens = [n for start in starts for n in done[start][1]]
+        return Outcome(value=values, payload=self.payload, tokens=tokens)
+
+
 def run_chunked(
     engine: Runner,
     job: JobLike,
     size: int | Callable[[], int],
     store: ChunkStore,
-    next_step: Callable[[], str] = lambda: GO_ON,
     now: float | None = None,
 ) -> tuple[Outcome, list[tuple[int, float]]]:
-    """Run one job's inputs a chunk at a time (``size`` inputs, or as many as ``size()`` says
-    before each chunk), from the end of the chunks ``store`` already holds, saving each new one
-    there under its start offset; the job's Outcome, and the model calls this run made (inputs
-    and milliseconds of each chunk computed).
-
-    A job larger than a batch thus never becomes one model call of thousands of inputs. After
-    each chunk, ``next_step()`` may say to make way (the Outcome is ``yielded``: the job goes
-    back to its queue and resumes from its store) or to stop (``canceled``). The first failing
-    chunk fails the job."""
-    try:
-        payload = _admit(job, time.time() if now is None else now)
-    except InferenceError as err:
-        return Outcome(error=err), []
-    total = len(payload.inputs)
-    pos = store.covered()  # the chunks' contents are read once, at the end
-    store.started(pos, total)
+    """Run one job's inputs alone, a chunk at a time (``size`` inputs, or as many as ``size()``
+    says before each chunk; see :class:`ChunkedRun`); the job's Outcome, and the model calls
+    this run made (inputs and milliseconds of each chunk computed)."""
+    run = ChunkedRun(job, store, now)
     calls: list[tuple[int, float]] = []
-    while pos < total:
-        step = next_step() if calls else GO_ON
-        if step != GO_ON:
-            return Outcome(payload=payload, yielded=step == YIELD, canceled=step == STOP), calls
-        n = max(1, size() if callable(size) else size)
-        kwargs = {**payload.to_kwargs(), "inputs": payload.inputs[pos : pos + n]}
+    while not run.finished:
+        chunk = run.next_chunk(size() if callable(size) else size)
         began = time.perf_counter()
-        [part] = run_jobs(engine, [_Chunk(job.id, job.func_name, kwargs)], now)
-        calls.append((len(kwargs["inputs"]), 1000 * (time.perf_counter() - began)))
-        if part.error is not None or part.value is None:
-            return Outcome(error=part.error, payload=payload), calls
-        tokens = part.tokens or [0] * len(part.value)
-        pos += len(part.value)
-        store.save(pos - len(part.value), part.value, tokens, pos, total)
-    done = store.load()
-    starts = _chain(done)
-    values = [v for start in starts for v in done[start][0]]
-    tokens = [n for start in starts for n in done[start][1]]
-    return Outcome(value=values, payload=payload, tokens=tokens), calls
+        [part] = run_jobs(engine, [chunk], now)
+        calls.append((len(chunk.kwargs["inputs"]), 1000 * (time.perf_counter() - began)))
+        run.record(part)
+    return run.outcome(), calls
 
 
 def _chain(done: Done) -> list[int]:

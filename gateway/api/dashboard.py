@@ -18,27 +18,13 @@ from pydantic import BaseModel, Field
 
 from contract.recent import MAX_WINDOW_S
 from gateway import status
-from gateway.api.schemas import ERROR_RESPONSES, ModelState, WorkerInfo
+from gateway.api.schemas import ERROR_RESPONSES, LaneActivity, ModelState, Quantiles, WorkerInfo
 from gateway.deps import DispatcherDep, RegistryDep
 
 ASSETS_PATH = "/dashboard-assets"
 ASSETS = Path(str(files("gateway") / "static"))
 
 router = APIRouter(tags=["status"])
-
-
-class Quantiles(BaseModel):
-    p50: float | None = Field(description="median, ms; null without samples")
-    p99: float | None = Field(description="99th percentile, ms; null without samples")
-
-
-class LaneActivity(BaseModel):
-    """One lane of a model: interactive (sync requests) or bulk (async jobs, Batch API)."""
-
-    jobs: int = Field(description="jobs workers ran from this lane")
-    items: int = Field(description="inputs run from this lane")
-    items_per_s: float = Field(description="over the last minute")
-    wait_ms: Quantiles = Field(description="a job's wait in this lane")
 
 
 class RecentActivity(BaseModel):

@@ -230,6 +230,24 @@ class ModelSchemas(BaseModel):
     parameters: dict[str, Any] = Field(description="JSON schema of the task's parameters")
 
 
+LANES_WINDOW_S = 60
+"""The window of the per-lane figures ``/models`` gives."""
+
+
+class Quantiles(BaseModel):
+    p50: float | None = Field(description="median, ms; null without samples")
+    p99: float | None = Field(description="99th percentile, ms; null without samples")
+
+
+class LaneActivity(BaseModel):
+    """One lane of a model: interactive (sync requests) or bulk (async jobs, Batch API)."""
+
+    jobs: int = Field(description="jobs workers ran from this lane")
+    items: int = Field(description="inputs run from this lane")
+    items_per_s: float = Field(description="over the last minute")
+    wait_ms: Quantiles = Field(description="a job's wait in this lane")
+
+
 class ModelState(BaseModel):
     """Whether workers serve a model right now (``/models`` and ``/status`` alike)."""
 
@@ -251,11 +269,16 @@ class ModelInfo(ModelState):
 
     source: str
     dtype: str
-    bulk_share: float = Field(description="share of batches bulk work gets while both wait")
+    bulk_share: float = Field(
+        description="share of its throughput alone a bulk job keeps while sync requests come in"
+    )
     max_inputs: int
     max_chars: int
     timeout_s: float
     schemas: ModelSchemas
+    lanes: dict[str, LaneActivity] = Field(
+        description=f"interactive and bulk, over the last {LANES_WINDOW_S} s (every replica)"
+    )
     workers: list[WorkerInfo] | None = None
 
 

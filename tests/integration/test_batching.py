@@ -63,3 +63,22 @@ def test_a_poisoned_input_fails_only_its_own_request(stack: Stack) -> None:
     codes = [r.status_code for r in responses]
     assert codes[5] == 413 and responses[5].json()["error"]["code"] == "payload_too_large"
     assert codes[:5] + codes[6:] == [200] * 12
+
+
+def test_requests_of_several_inputs_never_overfill_a_batch(
+    stack: Stack, redis_client: Redis
+) -> None:
+    # tiny-pipe: batches of 16, a 50 ms wait for company. Requests of 5 inputs: a batch holds
+    # three of them; the worker once took one job per free input and ran batches of up to 80.
+    bodies: list[object] = [
+        {"inputs": [f"request {i} input {j} is fine" for j in range(5)]} for i in range(24)
+    ]
+    before = batch_sizes(redis_client, "tiny-pipe")
+    responses = asyncio.run(burst(stack, "tiny-pipe", bodies))
+    assert [r.status_code for r in responses] == [200] * 24
+    assert all(len(r.json()["outputs"]) == 5 for r in responses)
+    after = batch_sizes(redis_client, "tiny-pipe")
+    new = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    ran = {size: n for size, n in new.items() if n > 0}
+    assert sum(size * n for size, n in ran.items()) == 120, ran  # every input ran once
+    assert max(ran) <= 16 and max(ran) >= 10, ran  # full batches formed, none overfilled

@@ -1,9 +1,11 @@
 """Interactive requests never wait behind bulk work: a large async job runs in chunks in the bulk
-lane, lets sync requests go first between chunks, and resumes from its last finished chunk
-after its worker is killed. Behaviour, not timing: what is asserted is the order of events."""
+lane, its worker serves sync requests between its chunks (the job's next chunk riding along them
+in one model call), and it resumes from its last finished chunk after its worker is killed.
+Behaviour, not timing: what is asserted is the order of events."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 import uuid
@@ -67,8 +69,6 @@ def test_sync_requests_are_answered_while_a_large_job_runs(stack: Stack) -> None
     assert all(s["status"] in ("queued", "started") for s in answered), answered
     progress = [s["progress"]["done"] for s in answered]
     assert progress == sorted(progress) and progress[-1] < len(texts)
-    log = (stack.log_dir / "minilm.log").read_text()
-    assert f"job {job_id} yields to interactive work after" in log
     done = finished(stack, job_id, 180)
     assert done["status"] == "finished" and done["progress"] == {"done": 2000, "total": 2000}
     assert len(done["outputs"]) == 2000
@@ -76,7 +76,11 @@ def test_sync_requests_are_answered_while_a_large_job_runs(stack: Stack) -> None
         f"{stack.url}/models/minilm/predict", json={"inputs": texts[1999]}, headers=NO_CACHE
     ).json()["outputs"]
     assert done["outputs"][1999] == pytest.approx(sync, abs=1e-5)
-    assert "job " + job_id + " done: 2000 inputs in" in (stack.log_dir / "minilm.log").read_text()
+    # The sync requests were served by the job's worker, the job's chunks riding along them.
+    log = (stack.log_dir / "minilm.log").read_text()
+    assert re.search(
+        rf"job {job_id} done: 2000 inputs in \d+ chunks of up to 32, \d+ of them riding", log
+    )
 
 
 def test_a_killed_worker_leaves_a_job_that_resumes_from_its_last_chunk(
@@ -150,6 +154,10 @@ def test_lanes_are_reported_per_model(stack: Stack) -> None:
     info = httpx.get(f"{stack.url}/models/minilm").json()
     assert info["queue_depth"] >= 0 and info["bulk_queue_depth"] >= 0
     assert info["bulk_share"] == 0.25
+    # Per lane over the last minute (the jobs above ran in the bulk lane within it).
+    assert info["lanes"]["bulk"]["items"] > 0 and info["lanes"]["bulk"]["items_per_s"] >= 0
+    assert info["lanes"]["bulk"]["wait_ms"]["p50"] is not None
+    assert set(info["lanes"]) == {"interactive", "bulk"}
     report = httpx.get(f"{stack.url}/status").json()
     [minilm] = [m for m in report["models"] if m["name"] == "minilm"]
     lanes = minilm["recent"]["lanes"]

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from contract.jobs import PREDICT_FUNC
-from workers.lanes import LanePolicy
-from workers.tasks import YIELD, MemoryChunks, run_chunked, run_jobs
+from workers.lanes import BulkPace, LanePolicy
+from workers.tasks import ChunkedRun, MemoryChunks, run_chunked, run_jobs
 
 
 @dataclass
@@ -169,17 +171,59 @@ def test_chunk_sizes_may_change_from_one_chunk_to_the_next() -> None:
     assert outcome.value == [f"{t}|-" for t in texts]
 
 
-def test_a_chunked_job_yields_between_chunks_and_goes_on_later() -> None:
+def test_a_chunk_rides_along_other_jobs_in_one_call_and_is_saved_as_its_own() -> None:
     engine = RecordingEngine()
-    texts = [f"t{i}" for i in range(10)]
+    texts = [f"t{i}" for i in range(5)]
     store = MemoryChunks()
-    first, calls = run_chunked(engine, job(0, texts), 4, store, next_step=lambda: YIELD)
-    assert first.yielded and first.value is None and first.error is None
-    assert len(calls) == 1 and list(store.chunks) == [0]  # always one chunk, then it yields
-    second, calls = run_chunked(engine, job(0, texts), 4, store)
-    assert not second.yielded and len(calls) == 2
-    assert second.value == [f"{t}|-" for t in texts]
-    assert sum(len(c[0]) for c in engine.calls) == 10  # every input computed exactly once
+    run = ChunkedRun(job(0, texts), store)
+    chunk = run.next_chunk(3)
+    others = [job(1, ["x"]), job(2, ["y", "z"])]
+    *theirs, part = run_jobs(engine, [*others, chunk])
+    assert engine.calls == [(["x", "y", "z", "t0", "t1", "t2"], {})]  # one model call
+    assert [o.value for o in theirs] == [["x|-"], ["y|-", "z|-"]]
+    run.record(part)
+    assert not run.finished and run.pos == 3 and run.chunks == 1
+    run.record(run_jobs(engine, [run.next_chunk(3)])[0])  # only two are left
+    assert run.finished and sorted(store.chunks) == [0, 3]
+    assert run.outcome().value == [f"{t}|-" for t in texts]
+
+
+def test_a_failed_ride_fails_only_the_chunk_and_its_job() -> None:
+    engine = RecordingEngine()
+    run = ChunkedRun(job(0, ["a", "POISON"]), MemoryChunks())
+    *theirs, part = run_jobs(engine, [job(1, ["x"]), run.next_chunk(2)])
+    assert theirs[0].value == ["x|-"]  # the neighbour's answer is kept
+    run.record(part)
+    outcome = run.outcome()
+    assert run.finished and outcome.error is not None and outcome.value is None
+
+
+def test_bulk_pace_owes_its_share_of_the_rate_a_bulk_job_has_alone() -> None:
+    pace = BulkPace(share=0.25, max_size=32)
+    assert pace.owed(0.0) == 1  # no rate yet: one input a batch, never starved
+    pace.observe(4, 0.010)  # a small call only sets a lower bound
+    assert pace.rate == pytest.approx(400) and pace.learnt == 0
+    pace.observe(32, 0.064)  # 500/s from a full call replaces it
+    assert pace.rate == pytest.approx(500) and pace.learnt == 1
+    pace.observe(32, 0.080, alone=True)  # 400/s: a bulk chunk alone, with its saving
+    pace.observe(32, 0.160, alone=True)  # 200/s: lowers the peak by a tenth of the gap
+    assert pace.learnt == 2 and pace.rate == pytest.approx(380)
+    pace.observe(32, 0.128, alone=True)  # 250/s
+    assert pace.rate == pytest.approx(367)
+    pace.observe(32, 0.064, alone=True)  # 500/s: a faster step is the new peak
+    pace.observe(32, 0.080, alone=True)  # 400/s
+    assert pace.rate == pytest.approx(490)
+    pace.observe(32, 0.010)  # model calls no longer move a rate learnt from bulk chunks
+    pace.observe(2, 0.001)
+    assert pace.rate == pytest.approx(490)
+    pace.start()
+    assert pace.owed(100.0) == 0  # no credit carried from before the job
+    assert pace.owed(100.2) == 24  # 0.25 * 490/s * 0.2 s = 24.5
+    pace.spend(24)
+    assert pace.owed(100.2) == 0
+    assert pace.owed(110.0) == 31  # credit caps at a batch; one slot stays interactive
+    pace.spend(100)
+    assert pace.credit == 0
 
 
 def test_lanes_give_bulk_its_share_and_no_more_while_both_wait() -> None:
