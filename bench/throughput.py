@@ -165,8 +165,16 @@ class CpuMeter:
 class Stack:
     """redis-server, one worker and the gateway, each in its own session, stopped by PID."""
 
-    def __init__(self, workdir: Path, config: Path, model: str, threads: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: Path,
+        model: str,
+        threads: int,
+        gateway_args: Sequence[str] = (),
+    ) -> None:
         self.workdir, self.config, self.model, self.threads = workdir, config, model, threads
+        self.gateway_args = list(gateway_args)
         self.redis = RedisServer()
         self.url = f"http://127.0.0.1:{free_port()}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -192,7 +200,10 @@ class Stack:
             "--threads",
             str(self.threads),
         ]
-        gateway = [py, "-m", "modelgate", "gateway", "--port", self.url.rsplit(":", 1)[1]]
+        gateway = [
+            *(py, "-m", "modelgate", "gateway", "--port", self.url.rsplit(":", 1)[1]),
+            *self.gateway_args,
+        ]
         for role, cmd in (("worker", worker), ("gateway", gateway)):
             log = (self.workdir / f"{role}.log").open("ab")
             self.procs[role] = subprocess.Popen(
@@ -678,6 +689,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="load generator (auto: wrk if on PATH)",
     )
+    p.add_argument(
+        "--gateway-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an option for `modelgate gateway`, e.g. --gateway-arg=--http=h11 (repeatable)",
+    )
     p.add_argument("--json", help="also write every figure to this JSON file")
     p.add_argument("--keep-logs", action="store_true", help="keep the stack's logs and print where")
     return p.parse_args(argv)
@@ -775,7 +793,7 @@ def run(
 ) -> tuple[list[Figure], dict[str, Any], dict[str, float] | None]:
     loadgen, config, spec = setup(args, workdir)
     info = run_info(args, loadgen)
-    stack = Stack(workdir, config, args.model, args.worker_threads)
+    stack = Stack(workdir, config, args.model, args.worker_threads, args.gateway_arg)
     levels = [c for c in args.concurrency.split(",") if c.strip()]
     steps = Steps(total=2 + len(levels) + 1)
     try:

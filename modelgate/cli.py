@@ -110,15 +110,31 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     # handler that was installed before it: this one, so a graceful stop exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
+    http, loop = _server_parts(args.http, args.loop)
+    print(f"gateway on {args.host}:{args.port} (HTTP {http}, event loop {loop})", file=sys.stderr)
     uvicorn.run(
         "gateway.app:from_env",
         factory=True,
         host=args.host,
         port=args.port,
+        http=http,
+        loop=loop,
         log_level="warning",
         timeout_graceful_shutdown=args.graceful_timeout,
     )
     return 0
+
+
+def _server_parts(http: str, loop: str) -> tuple[str, str]:
+    """The HTTP parser and event loop uvicorn gets: ``auto`` resolved as uvicorn would (the
+    fast C ones when importable), so the start-up line says what really runs."""
+    import importlib.util
+
+    if http == "auto":
+        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    if loop == "auto":
+        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return http, loop
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -299,6 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
                 type=int,
                 default=30,
                 help="seconds in-flight requests get to finish on SIGTERM (default 30)",
+            )
+            p.add_argument(
+                "--http",
+                choices=["auto", "httptools", "h11"],
+                default="auto",
+                help="HTTP/1.1 parser (default auto: httptools, installed with modelgate, "
+                "else h11)",
+            )
+            p.add_argument(
+                "--loop",
+                choices=["auto", "uvloop", "asyncio"],
+                default="auto",
+                help="event loop (default auto: uvloop where installed, else asyncio)",
             )
     fetch = sub.add_parser("fetch", help="download the hub models of a models.yaml into a cache")
     fetch.add_argument("--config", default=_config_default(), help="models.yaml path")
