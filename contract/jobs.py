@@ -48,6 +48,11 @@ BULK_SUFFIX = ":bulk"
 """How a bulk lane's queue name ends."""
 
 
+def lane_of(queue_name: str) -> str:
+    """The lane of an RQ queue name (or key) that :meth:`Keys.queue` made."""
+    return BULK if queue_name.endswith(BULK_SUFFIX) else INTERACTIVE
+
+
 @dataclass(frozen=True)
 class Keys:
     """Redis key and queue names under one prefix."""

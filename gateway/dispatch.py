@@ -349,7 +349,7 @@ class Dispatcher:
         keys = [
             Job.key_for(job_id),
             queue_key,
-            f"rq:canceled:{queue_name}",
+            CanceledJobRegistry.key_template.format(queue_name),
             self.keys.replies(job_id),
             self.keys.chunks(job_id),
         ]

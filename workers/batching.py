@@ -22,6 +22,7 @@ import redis.exceptions
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.registry import CanceledJobRegistry
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
@@ -29,7 +30,6 @@ from rq.worker import SimpleWorker, WorkerStatus
 from contract.cache import entry, item_key
 from contract.jobs import (
     BULK,
-    BULK_SUFFIX,
     ERROR_META_KEY,
     INTERACTIVE,
     PRESENCE_TTL_S,
@@ -37,6 +37,7 @@ from contract.jobs import (
     is_oom,
     is_sync,
     job_result,
+    lane_of,
 )
 from contract.recent import Tally
 from workers.chunks import RedisChunks
@@ -189,7 +190,7 @@ class BatchingWorker(SimpleWorker):
         """The lane the next batch comes from first (see :class:`workers.lanes.LanePolicy`)."""
         bulk_first = self.lanes.next_lane() == BULK
         self._ordered_queues = sorted(
-            self.queues, key=lambda q: q.name.endswith(BULK_SUFFIX) != bulk_first
+            self.queues, key=lambda q: (lane_of(q.name) == BULK) != bulk_first
         )
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
@@ -265,7 +266,7 @@ class BatchingWorker(SimpleWorker):
         self._state = WorkerStatus.BUSY
         self.busy_since = time.monotonic()
         try:
-            lane = BULK if queue.name.endswith(BULK_SUFFIX) else INTERACTIVE
+            lane = lane_of(queue.name)
             batch = Batch(self._collect(job, queue), queue, lane)
             if lane == INTERACTIVE:
                 self.interactive_at = time.monotonic()
@@ -496,7 +497,6 @@ class BatchingWorker(SimpleWorker):
                     self._keep_alive(job)
                     alive_at = time.monotonic()
                 if run.chunks and self._canceled(job):
-                    batch.chunks[job.id], batch.riding[job.id] = run.chunks, rode
                     return Outcome(payload=run.payload, canceled=True)
                 owed = self.pace.owed(time.monotonic())
                 company = self._company(self.policy.max_size - owed)
@@ -515,7 +515,7 @@ class BatchingWorker(SimpleWorker):
                     [part], ms = self._call([chunk])
                     batch.calls.append((self._items([chunk]), ms))
                 if chunk is not None and part is not None:
-                    n = self._items([chunk])
+                    n = len(chunk.kwargs["inputs"])
                     self.pace.spend(n)
                     batch.items += n
                     run.record(part)
@@ -523,7 +523,7 @@ class BatchingWorker(SimpleWorker):
                         self.pace.observe(n, time.perf_counter() - began, alone=True)
         finally:
             self.in_bulk = False
-        batch.chunks[job.id], batch.riding[job.id] = run.chunks, rode
+            batch.chunks[job.id], batch.riding[job.id] = run.chunks, rode
         return run.outcome()
 
     def _keep_alive(self, job: Job) -> None:
@@ -706,7 +706,7 @@ class BatchingWorker(SimpleWorker):
         store.drop(pipe)
         self.cleanup_execution(job, pipeline=pipe, execution=execution)
         job.set_status(JobStatus.CANCELED, pipeline=pipe)
-        pipe.zadd(f"rq:canceled:{job.origin}", {job.id: time.time() + ttl})
+        pipe.zadd(CanceledJobRegistry.key_template.format(job.origin), {job.id: time.time() + ttl})
         pipe.expire(job.key, ttl)
         pipe.delete(self.keys.cancel(job.id))
         self.replier.notify(pipe, job.id)

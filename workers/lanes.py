@@ -24,7 +24,7 @@ from rq.queue import Queue
 from rq.timeouts import BaseDeathPenalty
 from rq.utils import as_text
 
-from contract.jobs import BULK, BULK_SUFFIX, INTERACTIVE
+from contract.jobs import BULK, INTERACTIVE, lane_of
 
 BLOCK_S = 0.25
 """Longest blocking wait on the interactive lane before the others are looked at again."""
@@ -170,7 +170,7 @@ class LaneQueue(Queue):
         if timeout is None:
             return None
         # Block where waiting costs a person: the interactive lane, whichever lane is first.
-        lane = next((q for q in queues if not q.name.endswith(BULK_SUFFIX)), queues[0]).key
+        lane = next((q for q in queues if lane_of(q.name) == INTERACTIVE), queues[0]).key
         wait = min(float(timeout), BLOCK_S)
         # BLMOVE takes fractional seconds; redis-py's annotation says int.
         job_id = connection.blmove(lane, IntermediateQueue(lane, connection).key, wait)  # type: ignore[arg-type]
