@@ -63,6 +63,9 @@ _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'canceled' then return 'canceled' end
 if status ~= 'queued' then return status or 'unknown' end
+if ARGV[4] and redis.call('SCARD', KEYS[4]) > tonumber(ARGV[4]) then
+  return 'awaited elsewhere'
+end
 if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then
   return 'already taken by a worker'
 end
@@ -78,8 +81,9 @@ return 'canceled'
 """
 """Cancel only what no worker has taken: the job's id must still be in the queue list, and
 removing it there is what makes it canceled, in one atomic step. With a TTL of 0 (a sync job
-whose caller gave up) the job is deleted instead of kept as canceled. The chunks a large job
-finished before it yielded go with it."""
+whose caller gave up) the job is deleted instead of kept as canceled. With a fourth argument,
+only while at most that many gateways wait for its reply (a replica's joiner keeps it). The
+chunks a large job finished go with it."""
 
 ENDED_REGISTRIES = (FinishedJobRegistry, FailedJobRegistry, CanceledJobRegistry)
 """Where RQ lists a job that has ended, by queue."""
@@ -170,6 +174,8 @@ class Dispatcher:
         self._claim = self.conn.register_script(_CLAIM)
         self._delete = self.conn.register_script(_DELETE)
         self._queues: dict[str, Queue] = {}
+        self.withdrawn = 0
+        """Sync jobs withdrawn from their queue because their client went away."""
 
     async def close(self) -> None:
         await self.listener.stop()
@@ -260,6 +266,12 @@ class Dispatcher:
                 raise InferenceTimeout(
                     f"no result within the model's timeout ({job_id})", job_id=job_id
                 ) from None
+        except asyncio.CancelledError:
+            # The client went away (gateway.disconnect): withdraw the job unless another
+            # request, here or on a replica, waits for the same job.
+            if owner and not self.listener.others_wait(job_id, future):
+                self.withdrawn += await self.withdraw(job_id, model)
+            raise
         finally:
             self.listener.forget(job_id, future)
         return self._outcome(reply)
@@ -436,6 +448,21 @@ class Dispatcher:
             raw = await self.conn.hget(Job.key_for(job_id), "meta")
         meta = JSONSerializer.loads(raw) if raw else {}
         return worker_error(meta.get(ERROR_META_KEY) or {}, job_id)
+
+    async def withdraw(self, job_id: str, model: str) -> bool:
+        """Delete a sync job that no worker has taken and no other gateway waits for; whether
+        it was. Best effort, like ``_abandon``."""
+        keys = [
+            Job.key_for(job_id),
+            Queue.redis_queue_namespace_prefix + self.keys.queue(model),
+            CanceledJobRegistry.key_template.format(self.keys.queue(model)),
+            self.keys.replies(job_id),
+            self.keys.chunks(job_id),
+        ]
+        with contextlib.suppress(RedisError, OSError):
+            outcome = await self._cancel(keys=keys, args=[job_id, 0, 0, 1])
+            return bool(outcome == b"canceled")
+        return False
 
     async def _abandon(self, job_id: str, model: str) -> None:
         """Best effort: delete the job if still queued; a worker also skips it past deadline

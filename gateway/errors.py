@@ -20,7 +20,8 @@ server-side failures are logged, never shown.
     ├── WorkerLost              503 worker_lost
     ├── RedisUnavailable        503 redis_unavailable   (Retry-After)
     ├── RedisOutOfMemory        503 redis_out_of_memory (Retry-After)
-    └── InferenceTimeout        504 inference_timeout
+    ├── InferenceTimeout        504 inference_timeout
+    └── ClientDisconnected      499 client_disconnected (logged and counted; nobody reads it)
 """
 
 from __future__ import annotations
@@ -138,6 +139,13 @@ class RedisOutOfMemory(_RetryLater):
 
 class InferenceTimeout(GatewayError):
     status_code, code = 504, "inference_timeout"
+
+
+class ClientDisconnected(GatewayError):
+    """The client closed its connection before its answer (nginx's 499): the request's queued
+    job was withdrawn. No client reads it; logs and metrics count it."""
+
+    status_code, code = 499, "client_disconnected"
 
 
 class NotFound(GatewayError):

@@ -41,6 +41,7 @@ class RedisCollector(Collector):
         self.facts: dict[str, RedisFacts] = {}
         self.pools: dict[str, tuple[int, int, int]] = {}
         self.waiting = 0
+        self.withdrawn = 0
 
     def collect(self) -> Iterator[Any]:
         used = GaugeMetricFamily(
@@ -74,7 +75,12 @@ class RedisCollector(Collector):
             "modelgate_waiting_requests", "requests of this process waiting for a reply"
         )
         waiting.add_metric([], self.waiting)
-        yield from (used, limit, keys, complete, conns, waiting)
+        withdrawn = CounterMetricFamily(
+            "modelgate_withdrawn_jobs",
+            "sync jobs of this process withdrawn before a model call, their client gone",
+        )
+        withdrawn.add_metric([], self.withdrawn)
+        yield from (used, limit, keys, complete, conns, waiting, withdrawn)
 
 
 class DeploymentCollector(Collector):
@@ -256,6 +262,7 @@ class Metrics:
         self.redis.facts = await self._census.take()
         self.redis.pools = dispatcher.connections.pool_stats()
         self.redis.waiting = dispatcher.listener.waiting
+        self.redis.withdrawn = dispatcher.withdrawn
         return generate_latest(self.registry)
 
 

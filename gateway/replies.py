@@ -70,6 +70,10 @@ class ReplyListener:
             if not waiters:
                 del self._waiters[job_id]
 
+    def others_wait(self, job_id: str, future: asyncio.Future[Reply]) -> bool:
+        """Whether a request of this process other than ``future``'s waits for ``job_id``."""
+        return bool(self._waiters.get(job_id, set()) - {future})
+
     @property
     def waiting(self) -> int:
         return sum(len(w) for w in self._waiters.values())

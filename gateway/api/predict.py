@@ -21,6 +21,7 @@ from gateway.api.schemas import (
     response_model,
 )
 from gateway.cache import CacheMode
+from gateway.disconnect import CancelOnDisconnect
 from gateway.validation import prepare
 
 TIMING_HEADERS = (("queue_ms", "X-Queue-Time-Ms"), ("inference_ms", "X-Inference-Time-Ms"))
@@ -43,14 +44,15 @@ async def infer(
     headers on the call's response. Every wire format's sync call comes through here."""
     work = prepare(spec, inputs, parameters, spec.max_inputs)
     await call.admit(spec, len(work.items))
-    result = await call.inference.predict(
-        spec,
-        work.items,
-        work.params,
-        request_id=call.request.state.request_id,
-        mode=CacheMode.from_header(call.cache_control),
-        priority=priority,
-    )
+    async with CancelOnDisconnect(call.request.receive):
+        result = await call.inference.predict(
+            spec,
+            work.items,
+            work.params,
+            request_id=call.request.state.request_id,
+            mode=CacheMode.from_header(call.cache_control),
+            priority=priority,
+        )
     call.response.headers["X-Cache"] = result.cache
     for key, header in TIMING_HEADERS:
         if key in result.timings:
