@@ -11,18 +11,20 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
+
 LAYOUT = "2"
 """How an entry is laid out (hashed into every key): an entry of an older layout is never read."""
 
 
-def entry(output: Any, tokens: int) -> str:
+def entry(output: Any, tokens: int) -> bytes:
     """One cached output with the tokens its input took (usage counts them on a hit too)."""
-    return json.dumps([tokens, output])
+    return orjson.dumps([tokens, output])
 
 
 def read_entry(raw: bytes | str) -> tuple[Any, int]:
     """``(output, tokens)`` of an entry written by :func:`entry`."""
-    tokens, output = json.loads(raw)
+    tokens, output = orjson.loads(raw)
     return output, int(tokens)
 
 

