@@ -13,7 +13,7 @@ help:
 	@echo "make run    - start Redis, one worker per model replica and the gateway on :8000"
 	@echo "make test   - run the whole test suite (starts its own redis-server)"
 	@echo "make lint   - ruff and mypy --strict"
-	@echo "make bench  - throughput/latency benchmark (see bench/README.md)"
+	@echo "make bench  - throughput/latency against the in-process limit, LitServe and Infinity (bench/README.md)"
 	@echo "make bench-lanes - sync latency while a large async job runs (bench/README.md)"
 	@echo "make sentiment       - save models/sentiment (served by make run) from the shipped head"
 	@echo "make sentiment-train - train the sentiment head again from its corpus (minutes)"
@@ -40,8 +40,10 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format contract gateway workers modelgate tests bench
 	$(VENV)/bin/ruff check --fix contract gateway workers modelgate tests bench
 
+# Medians of 3 repeats, then LitServe and Infinity on the same model and load (each in its own
+# venv under .cache/bench, built on first use: a few minutes and ~1.3 GB each).
 bench: $(STAMP)
-	$(PY) -m bench.throughput
+	$(PY) -m bench.throughput --repeats 3 --peers litserve,infinity
 
 bench-lanes: $(STAMP)
 	$(PY) -m bench.lanes

@@ -27,7 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +34,13 @@ import httpx
 
 from bench.throughput import (
     ROOT,
-    Figure,
     HttpBench,
     Stack,
     Steps,
     _raise_interrupt,
     grid,
     machine,
+    median_of,
     phase_base,
     sanity_check,
     setup,
@@ -87,20 +86,6 @@ class BulkJob:
                 return time.monotonic() - self.submitted
             if state["status"] in ("failed", "canceled") or time.monotonic() > deadline:
                 raise RuntimeError(f"job {self.id} ended {state['status']}: {state.get('error')}")
-
-
-def median_of(figures: list[Figure]) -> Figure:
-    """One row from repeats: the median of each figure, the errors of all, and the CPU of the
-    repeat whose p99 is the median."""
-    middle = sorted(figures, key=lambda f: f.p99_ms)[len(figures) // 2]
-    return replace(
-        middle,
-        rate=statistics.median(f.rate for f in figures),
-        p50_ms=statistics.median(f.p50_ms for f in figures),
-        p99_ms=statistics.median(f.p99_ms for f in figures),
-        count=sum(f.count for f in figures),
-        errors=sum(f.errors or 0 for f in figures),
-    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -30,9 +30,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ import httpx
 import yaml
 from redis import Redis
 
-from contract.config import ModelSpec, load_registry
+from bench.peers import PEERS, Launch, PeerServer, chosen
+from contract.config import ModelSpec, load_registry, resolve_source
 from contract.jobs import Keys
 from modelgate.redis_server import RedisServer, free_port
 
@@ -89,6 +91,41 @@ class Figure:
     verdict: str = "-"
 
 
+REPEAT_STEP = 1_000_000
+"""Each repeat of a phase numbers its texts from its own block within the phase's."""
+
+
+def median_of(figures: list[Figure], by: str = "p99_ms") -> Figure:
+    """One row from repeats: the median of each figure, the errors of all, and the CPU (and
+    mean batch) of the repeat whose ``by`` is the median."""
+    middle = sorted(figures, key=lambda f: float(getattr(f, by)))[len(figures) // 2]
+    return replace(
+        middle,
+        rate=statistics.median(f.rate for f in figures),
+        p50_ms=statistics.median(f.p50_ms for f in figures),
+        p99_ms=statistics.median(f.p99_ms for f in figures),
+        count=sum(f.count for f in figures),
+        errors=sum(f.errors or 0 for f in figures),
+        codes=dict(sum((Counter(f.codes) for f in figures), Counter())),
+    )
+
+
+def repeated(
+    measure: Callable[[int], Figure],
+    base: int,
+    repeats: int,
+    by: str,
+    between: Callable[[], None] | None = None,
+) -> Figure:
+    """``measure(base)`` ``repeats`` times, each from its own block of texts; the median row."""
+    runs = []
+    for r in range(repeats):
+        runs.append(measure(base + r * REPEAT_STEP))
+        if between is not None:
+            between()
+    return median_of(runs, by)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -121,13 +158,28 @@ def write_config(source: Path, model: str, dest: Path) -> Path:
     return dest
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (all its threads)."""
+def _stat(pid: int | str) -> list[str] | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
+        return None
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (all its threads) and of its live
+    descendants (a server that forks its workers, as LitServe does)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(entry.name)) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        fields = _stat(current)
+        if fields is not None:
+            total += (int(fields[11]) + int(fields[12])) / TICK
+        todo += children.get(current, [])
+    return total
 
 
 def machine_cpu_s() -> tuple[float, float]:
@@ -154,7 +206,10 @@ class CpuMeter:
     def cores(self, **extra_cpu_s: float) -> dict[str, float]:
         """Cores per role; ``other`` is the machine's busy time no process of this run explains."""
         end = self._sample()
-        used = {k: end[k] - self.start[k] for k in end}
+        used: dict[str, float] = {}
+        for k in end:  # "worker.1" counts as "worker"
+            role = k.split(".")[0]
+            used[role] = used.get(role, 0.0) + end[k] - self.start[k]
         wall, machine = used.pop("wall"), used.pop("machine")
         used.update(extra_cpu_s)
         ours = sum(v for k, v in used.items() if k != "steal")
@@ -162,8 +217,14 @@ class CpuMeter:
         return {k: v / wall for k, v in used.items()}
 
 
+def worker_role(k: int) -> str:
+    """The k-th worker's role: its CPU counts in the ``worker`` column (see ``CpuMeter``)."""
+    return "worker" if k == 0 else f"worker.{k}"
+
+
 class Stack:
-    """redis-server, one worker and the gateway, each in its own session, stopped by PID."""
+    """redis-server, the model's worker(s) and the gateway, each in its own session, stopped by
+    PID."""
 
     def __init__(
         self,
@@ -172,9 +233,11 @@ class Stack:
         model: str,
         threads: int,
         gateway_args: Sequence[str] = (),
+        workers: int = 1,
     ) -> None:
         self.workdir, self.config, self.model, self.threads = workdir, config, model, threads
         self.gateway_args = list(gateway_args)
+        self.workers = workers
         self.redis = RedisServer()
         self.url = f"http://127.0.0.1:{free_port()}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -189,22 +252,18 @@ class Stack:
         }
         env.pop("MODELGATE_SUPERVISED", None)
         py = sys.executable
-        worker = [
-            py,
-            "-m",
-            "workers",
-            "--model",
-            self.model,
-            "--name",
-            "bench-w0",
-            "--threads",
-            str(self.threads),
-        ]
-        gateway = [
+        commands = {
+            worker_role(k): [
+                *(py, "-m", "workers", "--model", self.model, "--name", f"bench-w{k}"),
+                *("--threads", str(self.threads)),
+            ]
+            for k in range(self.workers)
+        }
+        commands["gateway"] = [
             *(py, "-m", "modelgate", "gateway", "--port", self.url.rsplit(":", 1)[1]),
             *self.gateway_args,
         ]
-        for role, cmd in (("worker", worker), ("gateway", gateway)):
+        for role, cmd in commands.items():
             log = (self.workdir / f"{role}.log").open("ab")
             self.procs[role] = subprocess.Popen(
                 cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -218,10 +277,21 @@ class Stack:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{role} exited with {proc.returncode}:\n{self.log(role)}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                ready = httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+                if ready and self.present() >= self.workers:
                     return
             time.sleep(0.2)
         raise RuntimeError(f"stack not ready after {timeout_s} s:\n{self.log('worker')}")
+
+    def present(self) -> int:
+        """Workers of the model heart-beating now."""
+        client = Redis.from_url(self.redis.url)
+        try:
+            secs, micros = client.time()
+            now = secs + micros / 1e6
+            return int(client.zcount(Keys(PREFIX).presence(self.model), now, "+inf"))
+        finally:
+            client.close()
 
     def log(self, role: str, tail: int = 3000) -> str:
         path = self.workdir / f"{role}.log"
@@ -246,7 +316,7 @@ class Stack:
         return pids
 
     def stop(self) -> None:
-        for role in ("gateway", "worker"):
+        for role in ("gateway", *(worker_role(k) for k in range(self.workers))):
             proc = self.procs.get(role)
             if proc is not None and proc.poll() is None:
                 proc.terminate()
@@ -311,8 +381,12 @@ def measure_engine(
 # --- load generators --------------------------------------------------------------------------
 
 
+BODY = '{"inputs":"The quick brown fox jumps over the lazy dog %d"}'
+"""A predict request's body, as a format with one %d (``TEXT``'s number); peers have their own."""
+
+
 def run_wrk(
-    url: str, concurrency: int, duration_s: float, base: int, timeout_s: float
+    url: str, concurrency: int, duration_s: float, base: int, timeout_s: float, body: str = BODY
 ) -> dict[str, Any]:
     """One wrk run (one thread); its summary from the Lua ``done`` line, plus its CPU seconds."""
     cmd = [
@@ -330,6 +404,7 @@ def run_wrk(
         url,
         "--",
         str(base),
+        body,
     ]
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -352,7 +427,7 @@ def run_wrk(
 
 
 async def _httpx_users(
-    url: str, concurrency: int, duration_s: float, base: int, timeout_s: float
+    url: str, concurrency: int, duration_s: float, base: int, timeout_s: float, body: str
 ) -> dict[str, Any]:
     latencies: list[float] = []
     codes: Counter[str] = Counter()
@@ -367,7 +442,9 @@ async def _httpx_users(
             t0 = time.perf_counter()
             try:
                 reply = await client.post(
-                    url, json={"inputs": TEXT.format(base + tid * THREAD_STEP + n)}
+                    url,
+                    content=(body % (base + tid * THREAD_STEP + n)).encode(),
+                    headers={"Content-Type": "application/json"},
                 )
             except httpx.HTTPError:
                 socket_errors += 1
@@ -395,11 +472,11 @@ async def _httpx_users(
 
 
 def run_httpx(
-    url: str, concurrency: int, duration_s: float, base: int, timeout_s: float
+    url: str, concurrency: int, duration_s: float, base: int, timeout_s: float, body: str = BODY
 ) -> dict[str, Any]:
     """The fallback load generator; its CPU is this whole process's CPU during the run."""
     cpu0 = time.process_time()
-    summary = asyncio.run(_httpx_users(url, concurrency, duration_s, base, timeout_s))
+    summary = asyncio.run(_httpx_users(url, concurrency, duration_s, base, timeout_s, body))
     summary["cpu_s"] = time.process_time() - cpu0
     return summary
 
@@ -407,46 +484,61 @@ def run_httpx(
 # --- HTTP phases --------------------------------------------------------------------------------
 
 
-class HttpBench:
-    """Drives the stack's predict endpoint and accounts for every process's CPU meanwhile."""
+@dataclass
+class Driver:
+    """One HTTP endpoint driven by the load generator, every given process's CPU accounted."""
 
-    def __init__(self, stack: Stack, model: str, loadgen: str, timeout_s: float) -> None:
-        self.stack, self.model, self.loadgen, self.timeout_s = stack, model, loadgen, timeout_s
-        self.url = f"{stack.url}/models/{model}/predict"
-        self.redis = Redis.from_url(stack.redis.url, decode_responses=True)
+    label: str
+    url: str
+    loadgen: str
+    timeout_s: float
+    pids: dict[str, int]
+    body: str = BODY
 
     def drive(self, concurrency: int, duration_s: float, base: int) -> dict[str, Any]:
         run = run_wrk if self.loadgen == "wrk" else run_httpx
-        return run(self.url, concurrency, duration_s, base, self.timeout_s)
+        return run(self.url, concurrency, duration_s, base, self.timeout_s, self.body)
 
     def measure(self, concurrency: int, duration_s: float, base: int) -> Figure:
-        meter = CpuMeter(self.stack.pids())
-        stats0 = self._stats()
+        meter = CpuMeter(self.pids)
         s = self.drive(concurrency, duration_s, base)
         if self.loadgen == "wrk":
             cores = meter.cores(loadgen=s["cpu_s"])
         else:  # the httpx client is this process: its CPU is the "bench" share
             cores = meter.cores()
             cores["loadgen"] = cores.pop("bench")
-        wall = s["duration_us"] / 1e6
-        stats1 = self._stats()
-        batches = stats1.get("batches", 0) - stats0.get("batches", 0)
-        items = stats1.get("items", 0) - stats0.get("items", 0)
         non_200 = sum(s["codes"].values())
         errors = non_200 + s["connect"] + s["read"] + s["write"] + s["timeout"]
-        ok = s["requests"] - non_200
         return Figure(
-            f"modelgate c{concurrency}",
+            f"{self.label} c{concurrency}",
             "req/s",
-            ok / wall,
+            (s["requests"] - non_200) / (s["duration_us"] / 1e6),
             s["p50_us"] / 1000,
             s["p99_us"] / 1000,
             s["requests"],
             errors,
             s["codes"],
             cores,
-            items / batches if batches else None,
         )
+
+
+class HttpBench(Driver):
+    """Drives the stack's predict endpoint; adds the worker's mean batch from its counters."""
+
+    def __init__(self, stack: Stack, model: str, loadgen: str, timeout_s: float) -> None:
+        url = f"{stack.url}/models/{model}/predict"
+        super().__init__("modelgate", url, loadgen, timeout_s, stack.pids())
+        self.stack, self.model = stack, model
+        self.redis = Redis.from_url(stack.redis.url, decode_responses=True)
+
+    def measure(self, concurrency: int, duration_s: float, base: int) -> Figure:
+        stats0 = self._stats()
+        fig = super().measure(concurrency, duration_s, base)
+        stats1 = self._stats()
+        batches = stats1.get("batches", 0) - stats0.get("batches", 0)
+        items = stats1.get("items", 0) - stats0.get("items", 0)
+        fig.mean_batch = items / batches if batches else None
+        return fig
 
     def settle(self, timeout_s: float = 15.0) -> None:
         """Wait until no job is queued or running: requests a load generator abandoned when its
@@ -498,8 +590,11 @@ class HttpBench:
 # --- the report --------------------------------------------------------------------------------
 
 
-def judge(fig: Figure, b1: Figure, limit: Figure, concurrency: int, max_batch: int) -> None:
-    """Fill ratio, target and verdict: c=1 by latency, c>=max_batch by throughput."""
+def judge(
+    fig: Figure, b1: Figure, limit: Figure, concurrency: int, max_batch: int, verdict: bool = True
+) -> None:
+    """Fill ratio, target and verdict: c=1 by latency, c>=max_batch by throughput; the ratio
+    only, without ``verdict`` (a peer's row)."""
     if concurrency == 1:
         fig.ratio, goal, fig.target = fig.p50_ms / b1.p50_ms, 1.2, "p50 <= 1.2x b1"
         met = fig.ratio <= goal
@@ -507,7 +602,12 @@ def judge(fig: Figure, b1: Figure, limit: Figure, concurrency: int, max_batch: i
         fig.ratio = fig.rate / limit.rate
         if concurrency < max_batch:
             return
+        if not verdict:
+            return
         fig.target, met = f"rate >= 0.9x b{max_batch}", fig.ratio >= 0.9
+    if not verdict:
+        fig.target = "-"
+        return
     fig.target += ", 0 err"
     fig.verdict = "PASS" if met and fig.errors == 0 else "FAIL"
 
@@ -562,7 +662,7 @@ def table(figs: list[Figure]) -> str:
     return grid(rows)
 
 
-CPU_ROLES = ("worker", "gateway", "redis", "loadgen", "bench", "other", "steal")
+CPU_ROLES = ("worker", "gateway", "redis", "peer", "loadgen", "bench", "other", "steal")
 """Columns of the CPU table; ``other`` is busy time of processes this run did not start."""
 
 
@@ -574,16 +674,17 @@ def cpu_ms_per_item(f: Figure, role: str) -> str:
 
 
 def cpu_table(figs: list[Figure]) -> str:
-    head = ("phase", *CPU_ROLES, "gw ms/req", "wk ms/req", "worker batch", "non-200")
+    head = ("phase", *CPU_ROLES, "gw ms/req", "wk ms/req", "peer ms/req", "worker batch", "non-200")
     rows: list[tuple[str, ...]] = [head]
     for f in figs:
         shares = tuple(f"{f.cores[r]:.2f}" if r in f.cores else "-" for r in CPU_ROLES)
-        per_item = (cpu_ms_per_item(f, "gateway"), cpu_ms_per_item(f, "worker"))
+        per_item = tuple(cpu_ms_per_item(f, r) for r in ("gateway", "worker", "peer"))
         batch = f"{f.mean_batch:.1f}" if f.mean_batch else "-"
         rows.append((f.label, *shares, *per_item, batch, json.dumps(f.codes) if f.codes else "-"))
     title = (
         "CPU per phase in cores (1.00 = one core busy all phase; 'other' = processes outside "
-        "this run), and gateway/worker CPU ms per successful request:"
+        "this run; 'peer' = a peer server and every process it forked), and CPU ms per "
+        "successful request:"
     )
     return title + "\n" + grid(rows)
 
@@ -622,17 +723,57 @@ def report(figs: list[Figure], info: dict[str, Any], breakdown: dict[str, float]
         f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
         f"python {info['python']}; load average before {info['loadavg_before']}, "
         f"after {info['loadavg_after']}",
-        f"torch threads: in-process {info['inproc_threads']}, worker --threads "
-        f"{info['worker_threads']}; in-process engine {info['engine']}, measured with the "
-        "stack started and idle",
+        f"torch threads: in-process {info['inproc_threads']}, {info.get('workers', 1)} "
+        f"worker(s) with --threads {info['worker_threads']}; in-process engine "
+        f"{info['engine']}, measured with the stack started and idle; "
+        f"{info.get('repeats', 1)} repeat(s) a row, medians",
         "",
         table(figs),
         "",
         cpu_table(figs),
     ]
+    out += peer_lines(figs)
     out += breakdown_lines(figs, breakdown)
     out += ["", *noise_lines(figs, info), f"command: {info['command']}"]
     return "\n".join(out)
+
+
+PEER_GOAL = 1.3
+"""modelgate's c>=max_batch throughput over the best peer's, in the same run."""
+
+
+def peer_verdicts(figs: list[Figure]) -> list[tuple[str, float, bool]]:
+    """Per concurrency that peers ran at: (concurrency label, modelgate / best peer, met).
+    Throughput at c>1, latency (best peer p50 / modelgate p50) at c=1; only c>1 is judged."""
+    ours = {f.label.split(" ")[1]: f for f in figs if f.label.startswith("modelgate c")}
+    out = []
+    for level, mine in ours.items():
+        theirs = [f for f in figs if f.label.endswith(f" {level}") and f.ratio is not None]
+        theirs = [f for f in theirs if not f.label.startswith(("modelgate", "in-process"))]
+        if not theirs:
+            continue
+        if level == "c1":
+            best = min(theirs, key=lambda f: f.p50_ms)
+            out.append((level, best.p50_ms / mine.p50_ms, True))
+        else:
+            best = max(theirs, key=lambda f: f.rate)
+            ratio = mine.rate / best.rate if best.rate else float("inf")
+            out.append((level, ratio, ratio >= PEER_GOAL and mine.errors == 0))
+    return out
+
+
+def peer_lines(figs: list[Figure]) -> list[str]:
+    lines = []
+    for level, ratio, met in peer_verdicts(figs):
+        if level == "c1":
+            lines.append(f"modelgate vs the best peer at c1: p50 {ratio:.2f}x faster (info)")
+        else:
+            verdict = "PASS" if met else "FAIL"
+            lines.append(
+                f"modelgate vs the best peer at {level}: {ratio:.2f}x its throughput "
+                f"(target >= {PEER_GOAL}x) {verdict}"
+            )
+    return ["", *lines] if lines else []
 
 
 def noise_lines(figs: list[Figure], info: dict[str, Any]) -> list[str]:
@@ -667,6 +808,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--warmup", type=float, default=3.0, help="seconds of HTTP warm-up per concurrency (3)"
     )
     p.add_argument("--concurrency", default="1,32", help="comma-separated concurrencies (1,32)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="measure each row this many times and report the medians (1; make bench: 3)",
+    )
     p.add_argument("--model", default="minilm", help="model name in --config (minilm)")
     p.add_argument(
         "--config", default=str(ROOT / "models.yaml"), help="models.yaml to copy the entry from"
@@ -684,6 +831,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="worker --threads (all cores)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of the model (1); with 2, try --worker-threads 1",
+    )
+    p.add_argument(
         "--loadgen",
         choices=["auto", "wrk", "httpx"],
         default="auto",
@@ -695,6 +848,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="ARG",
         help="an option for `modelgate gateway`, e.g. --gateway-arg=--http=h11 (repeatable)",
+    )
+    p.add_argument(
+        "--peers",
+        default="none",
+        help="peer servers to measure after modelgate, comma-separated: "
+        f"{','.join(PEERS)} (each in its own venv under .cache/bench, built on first use); "
+        "none (the default) for none",
     )
     p.add_argument("--json", help="also write every figure to this JSON file")
     p.add_argument("--keep-logs", action="store_true", help="keep the stack's logs and print where")
@@ -721,6 +881,8 @@ def run_info(args: argparse.Namespace, loadgen: str) -> dict[str, Any]:
         "inproc_s": args.inproc_duration,
         "inproc_threads": args.threads,
         "worker_threads": args.worker_threads,
+        "workers": args.workers,
+        "repeats": args.repeats,
         "command": " ".join(argv),
         "loadavg_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
@@ -766,14 +928,77 @@ def http_phases(
         bench.drive(c, args.warmup, phase_base(2 + 2 * i))
         bench.settle()
         known, offset = bench.job_ids(), stack.log_size("gateway")
-        fig = bench.measure(c, args.duration, phase_base(3 + 2 * i))
-        bench.settle()
+        fig = repeated(
+            partial(bench.measure, c, args.duration),
+            phase_base(3 + 2 * i),
+            args.repeats,
+            "p50_ms" if c == 1 else "rate",
+            bench.settle,
+        )
         judge(fig, refs[0], refs[1], c, max_batch)
         figs.append(fig)
         if c == 1:
             breakdown = bench.breakdown(known)
             breakdown["gateway_p50"] = stack.access_log_p50(offset) or 0.0
     return figs, breakdown
+
+
+def peer_phases(
+    args: argparse.Namespace,
+    config: Path,
+    loadgen: str,
+    refs: tuple[Figure, Figure],
+    steps: Steps,
+    workdir: Path,
+) -> list[Figure]:
+    """Each peer in turn, alone on the machine, at the same concurrencies as modelgate."""
+    registry = load_registry(config)
+    spec = registry.get(args.model)
+    assert spec is not None
+    model_dir = Path(resolve_source(spec, registry.base_dir))
+    if not model_dir.is_dir():
+        raise SystemExit(f"peers need the model as a local folder; {args.model} is {model_dir}")
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    figs = []
+    for k, peer in enumerate(chosen(args.peers)):
+        steps.step(f"{peer.name}: venv")
+        peer.install(lambda text: print(text, file=sys.stderr))
+        launch = Launch(
+            model_dir,
+            free_port(),
+            args.worker_threads,
+            spec.max_batch_size,
+            spec.max_batch_delay_ms / 1000,
+            args.model,
+        )
+        server = PeerServer(peer, launch, workdir / f"{peer.name}.log")
+        try:
+            steps.step(f"{peer.name}: starting")
+            server.start()
+            server.wait_ready(300)
+            assert server.proc is not None
+            driver = Driver(
+                peer.name,
+                server.url + peer.path,
+                loadgen,
+                spec.timeout_s + 5,
+                {"peer": server.proc.pid},
+                peer.body,
+            )
+            for i, c in enumerate(levels):
+                steps.step(f"{peer.name} at concurrency {c}")
+                driver.drive(c, args.warmup, phase_base(50 + 10 * k + 2 * i))
+                fig = repeated(
+                    partial(driver.measure, c, args.duration),
+                    phase_base(51 + 10 * k + 2 * i),
+                    args.repeats,
+                    "p50_ms" if c == 1 else "rate",
+                )
+                judge(fig, refs[0], refs[1], c, spec.max_batch_size, verdict=False)
+                figs.append(fig)
+        finally:
+            server.stop()
+    return figs
 
 
 def setup(args: argparse.Namespace, workdir: Path) -> tuple[str, Path, ModelSpec]:
@@ -793,9 +1018,10 @@ def run(
 ) -> tuple[list[Figure], dict[str, Any], dict[str, float] | None]:
     loadgen, config, spec = setup(args, workdir)
     info = run_info(args, loadgen)
-    stack = Stack(workdir, config, args.model, args.worker_threads, args.gateway_arg)
+    stack = Stack(workdir, config, args.model, args.worker_threads, args.gateway_arg, args.workers)
     levels = [c for c in args.concurrency.split(",") if c.strip()]
-    steps = Steps(total=2 + len(levels) + 1)
+    peers = chosen(args.peers)
+    steps = Steps(total=2 + len(levels) + 1 + len(peers) * (2 + len(levels)))
     try:
         steps.step("starting the stack and loading the model in-process")
         stack.start()
@@ -803,15 +1029,23 @@ def run(
         info["engine"] = type(engine).__name__
         stack.wait_ready(240)
         steps.step(f"stack ready at {stack.url}; measuring in-process")
-        b1 = measure_engine(engine, 1, args.inproc_duration, phase_base(0), stack.pids())
-        batch = spec.max_batch_size
-        limit = measure_engine(engine, batch, args.inproc_duration, phase_base(1), stack.pids())
+        b1, limit = (
+            repeated(
+                partial(measure_engine, engine, n, args.inproc_duration, pids=stack.pids()),
+                phase_base(k),
+                args.repeats,
+                "p50_ms" if n == 1 else "rate",
+            )
+            for k, n in enumerate((1, spec.max_batch_size))
+        )
         bench = HttpBench(stack, args.model, loadgen, spec.timeout_s + 5)
         sanity_check(bench.url)
         figs, breakdown = http_phases(stack, bench, args, (b1, limit), steps)
         steps.step("in-process batch 1 again")
         recheck = measure_engine(engine, 1, min(3.0, args.inproc_duration), phase_base(89))
         info["b1_p50_after_ms"] = recheck.p50_ms
+        stack.stop()  # the peers get the machine to themselves, as modelgate had
+        figs += peer_phases(args, config, loadgen, (b1, limit), steps, workdir)
     finally:
         steps.close()
         stack.stop()
@@ -842,7 +1076,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         payload = {"info": info, "figures": [asdict(f) for f in figs], "c1_breakdown_ms": breakdown}
         Path(args.json).write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    return 0 if all(f.verdict in ("PASS", "-") for f in figs) else 1
+    met = all(f.verdict in ("PASS", "-") for f in figs)
+    return 0 if met and all(ok for _, _, ok in peer_verdicts(figs)) else 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 -- wrk script for bench/throughput.py: POST one short sentence per request to
 -- /models/<name>/predict (the URL given to wrk), every body distinct within the run, so a
 -- response cache can never hit. Arguments after `--`: the phase's base number (a 10-digit
--- integer; thread t sends base + t * 10^7 + counter, so the text's token count never changes).
+-- integer; thread t sends base + t * 10^7 + counter, so the text's token count never changes),
+-- and optionally the body as a format with one %d (a peer server's own request format).
 -- At the end it prints one line "MGBENCH {json}" that throughput.py parses.
 
 local threads = {}
@@ -13,6 +14,7 @@ end
 
 function init(args)
   base = tonumber(args[1]) or 1000000000
+  body_format = args[2] or '{"inputs":"The quick brown fox jumps over the lazy dog %d"}'
   counter = 0
   codes = {}
 end
@@ -20,7 +22,7 @@ end
 function request()
   counter = counter + 1
   local n = base + tid * 10000000 + counter
-  local body = string.format('{"inputs":"The quick brown fox jumps over the lazy dog %d"}', n)
+  local body = string.format(body_format, n)
   return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
 end
 

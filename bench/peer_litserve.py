@@ -1,0 +1,69 @@
+"""LitServe serving the benchmark's embedding model, as a LitServe user would write it: run by
+``bench.peers`` with the python of LitServe's own venv (it imports nothing of modelgate).
+
+``python bench/peer_litserve.py MODEL_DIR PORT THREADS MAX_BATCH DELAY_S``
+
+One text per request (``{"inputs": "..."}``), batched by LitServe up to MAX_BATCH within DELAY_S;
+mean pooling and L2 normalisation, as the model's sentence-transformers config says and as
+modelgate's feature-extraction engine does. Answers ``{"outputs": [384 floats]}``.
+"""
+
+import sys
+
+import litserve as ls  # type: ignore[import-not-found]
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
+
+
+class Embeddings(ls.LitAPI):  # type: ignore[misc]
+    def __init__(self, model_dir: str, threads: int, **options: object) -> None:
+        super().__init__(**options)
+        self.model_dir, self.threads = model_dir, threads
+
+    def setup(self, device: str) -> None:
+        torch.set_num_threads(self.threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.model = AutoModel.from_pretrained(self.model_dir).eval().to(device)
+        self.device = device
+
+    def decode_request(self, request: dict[str, str]) -> str:
+        return request["inputs"]
+
+    def batch(self, inputs: list[str]) -> list[str]:
+        return list(inputs)
+
+    @torch.inference_mode()
+    def predict(self, texts: list[str]) -> list[list[float]]:
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=256, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(**encoded).last_hidden_state
+        mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=1).tolist()  # type: ignore[no-any-return]
+
+    def unbatch(self, output: list[list[float]]) -> list[list[float]]:
+        return output
+
+    def encode_response(self, output: list[float]) -> dict[str, list[float]]:
+        return {"outputs": output}
+
+
+def main() -> None:
+    model_dir, port, threads, max_batch, delay_s = sys.argv[1:6]
+    api = Embeddings(
+        model_dir, int(threads), max_batch_size=int(max_batch), batch_timeout=float(delay_s)
+    )
+    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1)
+    server.run(
+        host="127.0.0.1",
+        port=int(port),
+        num_api_servers=1,
+        generate_client_file=False,
+        log_level="warning",
+    )
+
+
+if __name__ == "__main__":
+    main()
