@@ -89,7 +89,8 @@ class ModelSpec(_Strict):
     while interactive requests come in; with none coming, bulk work takes every batch."""
     truncation: bool = True
     cache_ttl_s: Annotated[int, Field(ge=0)] = 3600
-    replicas: Annotated[int, Field(ge=0, le=64)] = 1
+    replicas: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
+    """Workers ``modelgate up`` starts; ``auto``: see :meth:`Registry.worker_counts`."""
     threads: Annotated[int, Field(gt=0, le=256)] | None = None
     compile: bool = False
     quantize: Literal["dynamic-int8"] | None = None
@@ -146,6 +147,12 @@ class ModelSpec(_Strict):
         return self
 
 
+AUTO_REPLICAS_MAX = 4
+"""``replicas: auto`` starts at most this many workers of one CPU model: one single-threaded
+worker a core measured best for a small encoder on 2 cores (README, Benchmarks); a large model
+on a large machine sets its count, as copies of its weights cost memory."""
+
+
 class Registry(_Strict):
     """Every model in one models.yaml, by name, in file order."""
 
@@ -176,6 +183,20 @@ class Registry(_Strict):
                     f"(POST /predict answers with a label and a score), not {default.task}"
                 )
         return self
+
+    def worker_counts(self, cores: int) -> dict[str, int]:
+        """Workers per model on a host of ``cores``: a number as given; ``auto``, one for a
+        CUDA model, and for any other one single-threaded worker per core, the cores shared
+        among those models (at least one, at most :data:`AUTO_REPLICAS_MAX`)."""
+        cpu = [m for m in self.models if not m.device.startswith("cuda")]
+        share = max(1, min(AUTO_REPLICAS_MAX, cores // max(1, len(cpu))))
+        counts = {}
+        for m in self.models:
+            if m.replicas != "auto":
+                counts[m.name] = m.replicas
+            else:
+                counts[m.name] = 1 if m.device.startswith("cuda") else share
+        return counts
 
     def get(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)

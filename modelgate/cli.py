@@ -52,8 +52,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return 1
     print(f"{args.file}: OK, {len(registry.models)} model(s)")
+    counts = registry.worker_counts(os.cpu_count() or 1)
     for m in registry.models:
-        print(f"  {m.name}: {m.task} from {m.source.describe()} on {m.device} x{m.replicas}")
+        many = f"x{counts[m.name]}" + (" (auto)" if m.replicas == "auto" else "")
+        print(f"  {m.name}: {m.task} from {m.source.describe()} on {m.device} {many}")
     return _load_each(registry) if args.load else 0
 
 

@@ -138,12 +138,13 @@ class Stack:
     def _start_all(self) -> None:
         if not self.redis_url:
             self._start_redis()
+        counts = self.registry.worker_counts(os.cpu_count() or 1)
         cpu_workers = sum(
-            m.replicas for m in self.registry.models if not m.device.startswith("cuda")
+            counts[m.name] for m in self.registry.models if not m.device.startswith("cuda")
         )
         threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
         for spec in self.registry.models:
-            for i in range(spec.replicas):
+            for i in range(counts[spec.name]):
                 args = [sys.executable, "-m", "workers", "--model", spec.name]
                 if spec.threads is None:
                     args += ["--threads", str(threads)]

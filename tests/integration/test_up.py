@@ -67,6 +67,7 @@ def tiny(model_dirs: dict[str, Path], name: str = "tiny") -> dict[str, object]:
         "name": name,
         "task": "text-classification",
         "source": {"path": str(model_dirs["tiny"])},
+        "replicas": 1,  # one worker to find (auto starts one per core)
     }
 
 

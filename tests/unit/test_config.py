@@ -31,8 +31,21 @@ def test_minimal_entry_gets_defaults() -> None:
         "cpu",
         "float32",
         32,
-        1,
+        "auto",
     )
+
+
+def test_auto_replicas_fill_the_cores_with_single_threaded_workers() -> None:
+    def counts(cores: int, *entries: dict[str, object]) -> dict[str, int]:
+        models = [{**GOOD, "name": f"m{i}", **e} for i, e in enumerate(entries)]
+        return parse_registry({"models": models}).worker_counts(cores)
+
+    assert counts(2, {}) == {"m0": 2}  # one per core
+    assert counts(2, {}, {}) == {"m0": 1, "m1": 1}  # the cores shared among CPU models
+    assert counts(1, {}, {}) == {"m0": 1, "m1": 1}  # never none
+    assert counts(64, {}) == {"m0": 4}  # at most AUTO_REPLICAS_MAX
+    assert counts(8, {}, {"replicas": 3}) == {"m0": 4, "m1": 3}  # a number is kept
+    assert counts(8, {"device": "cuda"}, {}) == {"m0": 1, "m1": 4}  # one a GPU model
 
 
 def test_every_problem_is_listed_with_its_path() -> None:
