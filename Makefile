@@ -40,10 +40,11 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format contract gateway workers modelgate tests bench
 	$(VENV)/bin/ruff check --fix contract gateway workers modelgate tests bench
 
-# Medians of 3 repeats, then LitServe and Infinity on the same model and load (each in its own
-# venv under .cache/bench, built on first use: a few minutes and ~1.3 GB each).
+# Medians of 3 repeats; the workers `replicas: auto` starts; then LitServe (as many model
+# processes and threads) and Infinity on the same model and load (each in its own venv under
+# .cache/bench, built on first use: a few minutes and ~1.3 GB each).
 bench: $(STAMP)
-	$(PY) -m bench.throughput --repeats 3 --peers litserve,infinity
+	$(PY) -m bench.throughput --repeats 3 --workers auto --peers litserve,infinity
 
 bench-lanes: $(STAMP)
 	$(PY) -m bench.lanes

@@ -1,7 +1,7 @@
 """LitServe serving the benchmark's embedding model, as a LitServe user would write it: run by
 ``bench.peers`` with the python of LitServe's own venv (it imports nothing of modelgate).
 
-``python bench/peer_litserve.py MODEL_DIR PORT THREADS MAX_BATCH DELAY_S``
+``python bench/peer_litserve.py MODEL_DIR PORT THREADS MAX_BATCH DELAY_S [WORKERS]``
 
 One text per request (``{"inputs": "..."}``), batched by LitServe up to MAX_BATCH within DELAY_S;
 mean pooling and L2 normalisation, as the model's sentence-transformers config says and as
@@ -52,10 +52,11 @@ class Embeddings(ls.LitAPI):  # type: ignore[misc]
 
 def main() -> None:
     model_dir, port, threads, max_batch, delay_s = sys.argv[1:6]
+    workers = int(sys.argv[6]) if len(sys.argv) > 6 else 1
     api = Embeddings(
         model_dir, int(threads), max_batch_size=int(max_batch), batch_timeout=float(delay_s)
     )
-    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1)
+    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=workers)
     server.run(
         host="127.0.0.1",
         port=int(port),

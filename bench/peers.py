@@ -45,6 +45,8 @@ class Launch:
     max_batch: int
     delay_s: float
     model_name: str
+    workers: int = 1
+    """Model processes, where the peer has them (LitServe's ``workers_per_device``)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class Peer:
 
 def _litserve(python: Path, at: Launch) -> list[str]:
     script = Path(__file__).with_name("peer_litserve.py")
-    options = (at.model_dir, at.port, at.threads, at.max_batch, at.delay_s)
+    options = (at.model_dir, at.port, at.threads, at.max_batch, at.delay_s, at.workers)
     return [str(python), str(script), *(str(o) for o in options)]
 
 

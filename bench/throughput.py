@@ -42,7 +42,7 @@ import yaml
 from redis import Redis
 
 from bench.peers import PEERS, Launch, PeerServer, chosen
-from contract.config import ModelSpec, load_registry, resolve_source
+from contract.config import AUTO_REPLICAS_MAX, ModelSpec, load_registry, resolve_source
 from contract.jobs import Keys
 from modelgate.redis_server import RedisServer, free_port
 
@@ -827,14 +827,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--worker-threads",
         type=int,
-        default=os.cpu_count() or 1,
-        help="worker --threads (all cores)",
+        default=None,
+        help="each worker's --threads (the cores divided among the workers)",
     )
     p.add_argument(
         "--workers",
-        type=int,
-        default=1,
-        help="worker processes of the model (1); with 2, try --worker-threads 1",
+        default="1",
+        help="worker processes of the model (1), or auto: as `replicas: auto` starts them "
+        "(one single-threaded worker per core, at most 4); make bench: auto",
     )
     p.add_argument(
         "--loadgen",
@@ -858,7 +858,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", help="also write every figure to this JSON file")
     p.add_argument("--keep-logs", action="store_true", help="keep the stack's logs and print where")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    cores = os.cpu_count() or 1
+    if args.workers == "auto":
+        args.workers = max(1, min(AUTO_REPLICAS_MAX, cores))
+    elif not args.workers.isdigit() or int(args.workers) < 1:
+        p.error(f"--workers: a positive number or auto, not {args.workers!r}")
+    args.workers = int(args.workers)
+    if args.worker_threads is None:
+        args.worker_threads = max(1, cores // args.workers)
+    return args
 
 
 def _raise_interrupt(signum: int, _frame: Any) -> None:
@@ -970,6 +979,7 @@ def peer_phases(
             spec.max_batch_size,
             spec.max_batch_delay_ms / 1000,
             args.model,
+            args.workers,
         )
         server = PeerServer(peer, launch, workdir / f"{peer.name}.log")
         try:
