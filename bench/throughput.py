@@ -143,14 +143,14 @@ def texts(base: int, start: int, count: int) -> list[str]:
 
 
 def write_config(source: Path, model: str, dest: Path) -> Path:
-    """A models.yaml with only ``model``'s entry, one replica, response cache off."""
+    """A models.yaml with only ``model``'s entry, one replica, the response cache on (the
+    uncached phases send ``Cache-Control: no-store``, which skips it whole)."""
     data = yaml.safe_load(source.read_text(encoding="utf-8"))
     entry = next((m for m in data["models"] if m.get("name") == model), None)
     if entry is None:
         raise SystemExit(f"{source}: no model named {model!r}")
     entry = {**entry, "replicas": 1}
-    if "cache_ttl_s" in ModelSpec.model_fields:
-        entry["cache_ttl_s"] = 0
+    entry["cache_ttl_s"] = max(3600, int(entry.get("cache_ttl_s") or 0))
     path = entry.get("source", {}).get("path")
     if path and not Path(path).is_absolute():
         entry["source"] = {**entry["source"], "path": str((source.parent / path).resolve())}
@@ -385,9 +385,25 @@ BODY = '{"inputs":"The quick brown fox jumps over the lazy dog %d"}'
 """A predict request's body, as a format with one %d (``TEXT``'s number); peers have their own."""
 
 
-def run_wrk(
-    url: str, concurrency: int, duration_s: float, base: int, timeout_s: float, body: str = BODY
-) -> dict[str, Any]:
+NO_STORE = "no-store"
+"""What the uncached phases send as Cache-Control: no lookup, no entry written."""
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a load generator sends: where, which body (a format with one %d, or a fixed body),
+    which Cache-Control (none: ""), and how long it waits for an answer."""
+
+    url: str
+    timeout_s: float
+    body: str = BODY
+    cache_control: str = ""
+
+    def text(self, n: int) -> str:
+        return self.body % n if "%d" in self.body else self.body
+
+
+def run_wrk(load: Load, concurrency: int, duration_s: float, base: int) -> dict[str, Any]:
     """One wrk run (one thread); its summary from the Lua ``done`` line, plus its CPU seconds."""
     cmd = [
         "wrk",
@@ -398,13 +414,14 @@ def run_wrk(
         "-d",
         f"{duration_s:g}s",
         "--timeout",
-        f"{timeout_s:g}s",
+        f"{load.timeout_s:g}s",
         "-s",
         str(LUA_SCRIPT),
-        url,
+        load.url,
         "--",
         str(base),
-        body,
+        load.body,
+        load.cache_control,
     ]
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -427,7 +444,7 @@ def run_wrk(
 
 
 async def _httpx_users(
-    url: str, concurrency: int, duration_s: float, base: int, timeout_s: float, body: str
+    load: Load, concurrency: int, duration_s: float, base: int
 ) -> dict[str, Any]:
     latencies: list[float] = []
     codes: Counter[str] = Counter()
@@ -442,9 +459,9 @@ async def _httpx_users(
             t0 = time.perf_counter()
             try:
                 reply = await client.post(
-                    url,
-                    content=(body % (base + tid * THREAD_STEP + n)).encode(),
-                    headers={"Content-Type": "application/json"},
+                    load.url,
+                    content=load.text(base + tid * THREAD_STEP + n).encode(),
+                    headers=headers,
                 )
             except httpx.HTTPError:
                 socket_errors += 1
@@ -453,9 +470,12 @@ async def _httpx_users(
             if reply.status_code != 200:
                 codes[str(reply.status_code)] += 1
 
+    headers = {"Content-Type": "application/json"}
+    if load.cache_control:
+        headers["Cache-Control"] = load.cache_control
     limits = httpx.Limits(max_connections=concurrency)
     started = time.perf_counter()
-    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=load.timeout_s) as client:
         await asyncio.gather(*(user(client, t) for t in range(concurrency)))
     duration = time.perf_counter() - started
     return {
@@ -471,12 +491,10 @@ async def _httpx_users(
     }
 
 
-def run_httpx(
-    url: str, concurrency: int, duration_s: float, base: int, timeout_s: float, body: str = BODY
-) -> dict[str, Any]:
+def run_httpx(load: Load, concurrency: int, duration_s: float, base: int) -> dict[str, Any]:
     """The fallback load generator; its CPU is this whole process's CPU during the run."""
     cpu0 = time.process_time()
-    summary = asyncio.run(_httpx_users(url, concurrency, duration_s, base, timeout_s, body))
+    summary = asyncio.run(_httpx_users(load, concurrency, duration_s, base))
     summary["cpu_s"] = time.process_time() - cpu0
     return summary
 
@@ -494,10 +512,12 @@ class Driver:
     timeout_s: float
     pids: dict[str, int]
     body: str = BODY
+    cache_control: str = ""
 
     def drive(self, concurrency: int, duration_s: float, base: int) -> dict[str, Any]:
         run = run_wrk if self.loadgen == "wrk" else run_httpx
-        return run(self.url, concurrency, duration_s, base, self.timeout_s, self.body)
+        load = Load(self.url, self.timeout_s, self.body, self.cache_control)
+        return run(load, concurrency, duration_s, base)
 
     def measure(self, concurrency: int, duration_s: float, base: int) -> Figure:
         meter = CpuMeter(self.pids)
@@ -527,7 +547,7 @@ class HttpBench(Driver):
 
     def __init__(self, stack: Stack, model: str, loadgen: str, timeout_s: float) -> None:
         url = f"{stack.url}/models/{model}/predict"
-        super().__init__("modelgate", url, loadgen, timeout_s, stack.pids())
+        super().__init__("modelgate", url, loadgen, timeout_s, stack.pids(), BODY, NO_STORE)
         self.stack, self.model = stack, model
         self.redis = Redis.from_url(stack.redis.url, decode_responses=True)
 
@@ -748,8 +768,7 @@ def peer_verdicts(figs: list[Figure]) -> list[tuple[str, float, bool]]:
     ours = {f.label.split(" ")[1]: f for f in figs if f.label.startswith("modelgate c")}
     out = []
     for level, mine in ours.items():
-        theirs = [f for f in figs if f.label.endswith(f" {level}") and f.ratio is not None]
-        theirs = [f for f in theirs if not f.label.startswith(("modelgate", "in-process"))]
+        theirs = [f for f in figs if f.label in {f"{name} {level}" for name in PEERS}]
         if not theirs:
             continue
         if level == "c1":
@@ -848,6 +867,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="ARG",
         help="an option for `modelgate gateway`, e.g. --gateway-arg=--http=h11 (repeatable)",
+    )
+    p.add_argument(
+        "--no-cache-hits",
+        dest="cache_hits",
+        action="store_false",
+        help="skip the cache-hit phases (one input asked again and again)",
     )
     p.add_argument(
         "--peers",
@@ -949,7 +974,46 @@ def http_phases(
         if c == 1:
             breakdown = bench.breakdown(known)
             breakdown["gateway_p50"] = stack.access_log_p50(offset) or 0.0
+    if args.cache_hits:
+        figs += cache_phases(bench, args, levels, steps)
     return figs, breakdown
+
+
+CACHED_BODY = '{"inputs":"The quick brown fox jumps over the lazy dog 1"}'
+"""The one body of the cache-hit phases (no %d: every request the same)."""
+
+HIT_P50_MS, HIT_RATE = 1.5, 2000.0
+"""Cache-hit targets: p50 at c=1, req/s at the highest concurrency, one gateway process."""
+
+
+def cache_phases(
+    bench: HttpBench, args: argparse.Namespace, levels: list[int], steps: Steps
+) -> list[Figure]:
+    """One cached input asked again and again: the gateway answers from the cache alone."""
+    hits = Driver("cache hit", bench.url, bench.loadgen, bench.timeout_s, bench.pids, CACHED_BODY)
+    reply = httpx.post(
+        bench.url, content=CACHED_BODY, headers={"Content-Type": "application/json"}, timeout=60
+    )
+    reply.raise_for_status()  # computed once: from now on, every request is a hit
+    figs = []
+    for i, c in enumerate(levels):
+        steps.step(f"cache hits at concurrency {c}")
+        hits.drive(c, args.warmup, phase_base(40 + 2 * i))
+        fig = repeated(
+            partial(hits.measure, c, args.duration),
+            phase_base(41 + 2 * i),
+            args.repeats,
+            "p50_ms" if c == 1 else "rate",
+        )
+        if c == 1:
+            fig.target = f"p50 <= {HIT_P50_MS} ms, 0 err"
+            met = fig.p50_ms <= HIT_P50_MS
+        else:
+            fig.target = f"rate >= {HIT_RATE:.0f}/s, 0 err"
+            met = fig.rate >= HIT_RATE
+        fig.verdict = "PASS" if met and fig.errors == 0 else "FAIL"
+        figs.append(fig)
+    return figs
 
 
 def peer_phases(
@@ -1031,7 +1095,8 @@ def run(
     stack = Stack(workdir, config, args.model, args.worker_threads, args.gateway_arg, args.workers)
     levels = [c for c in args.concurrency.split(",") if c.strip()]
     peers = chosen(args.peers)
-    steps = Steps(total=2 + len(levels) + 1 + len(peers) * (2 + len(levels)))
+    hit_phases = len(levels) if args.cache_hits else 0
+    steps = Steps(total=2 + len(levels) + hit_phases + 1 + len(peers) * (2 + len(levels)))
     try:
         steps.step("starting the stack and loading the model in-process")
         stack.start()

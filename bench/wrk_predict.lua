@@ -2,7 +2,8 @@
 -- /models/<name>/predict (the URL given to wrk), every body distinct within the run, so a
 -- response cache can never hit. Arguments after `--`: the phase's base number (a 10-digit
 -- integer; thread t sends base + t * 10^7 + counter, so the text's token count never changes),
--- and optionally the body as a format with one %d (a peer server's own request format).
+-- optionally the body as a format with one %d (a peer server's own request format; with no %d,
+-- every request is the same body), and optionally a Cache-Control value to send.
 -- At the end it prints one line "MGBENCH {json}" that throughput.py parses.
 
 local threads = {}
@@ -15,6 +16,8 @@ end
 function init(args)
   base = tonumber(args[1]) or 1000000000
   body_format = args[2] or '{"inputs":"The quick brown fox jumps over the lazy dog %d"}'
+  headers = {["Content-Type"] = "application/json"}
+  if args[3] and args[3] ~= "" then headers["Cache-Control"] = args[3] end
   counter = 0
   codes = {}
 end
@@ -23,7 +26,7 @@ function request()
   counter = counter + 1
   local n = base + tid * 10000000 + counter
   local body = string.format(body_format, n)
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", nil, headers, body)
 end
 
 function response(status, headers, body)
