@@ -355,8 +355,11 @@ class Dispatcher:
             raise
         return future
 
-    async def cancel_queued(self, job_id: str, queue_name: str, ttl_s: int) -> str:
-        """Cancel a job no worker has taken yet, atomically; returns "canceled" or why not."""
+    async def cancel_queued(
+        self, job_id: str, queue_name: str, ttl_s: int, awaited_by: int | None = None
+    ) -> str:
+        """Cancel a job no worker has taken yet, atomically; returns "canceled" or why not.
+        With ``awaited_by``, only while at most that many gateways wait for its reply."""
         queue_key = Queue.redis_queue_namespace_prefix + queue_name
         keys = [
             Job.key_for(job_id),
@@ -365,8 +368,11 @@ class Dispatcher:
             self.keys.replies(job_id),
             self.keys.chunks(job_id),
         ]
+        args: list[str | int] = [job_id, ttl_s, int(time.time()) + ttl_s]
+        if awaited_by is not None:
+            args.append(awaited_by)
         async with redis_errors():
-            outcome = await self._cancel(keys=keys, args=[job_id, ttl_s, int(time.time()) + ttl_s])
+            outcome = await self._cancel(keys=keys, args=args)
         return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 
     async def delete_job(self, job_id: str, queue_name: str) -> str:
@@ -452,16 +458,9 @@ class Dispatcher:
     async def withdraw(self, job_id: str, model: str) -> bool:
         """Delete a sync job that no worker has taken and no other gateway waits for; whether
         it was. Best effort, like ``_abandon``."""
-        keys = [
-            Job.key_for(job_id),
-            Queue.redis_queue_namespace_prefix + self.keys.queue(model),
-            CanceledJobRegistry.key_template.format(self.keys.queue(model)),
-            self.keys.replies(job_id),
-            self.keys.chunks(job_id),
-        ]
-        with contextlib.suppress(RedisError, OSError):
-            outcome = await self._cancel(keys=keys, args=[job_id, 0, 0, 1])
-            return bool(outcome == b"canceled")
+        queue = self.keys.queue(model)
+        with contextlib.suppress(GatewayError, RedisError, OSError):
+            return await self.cancel_queued(job_id, queue, SYNC_RESULT_TTL_S, 1) == "canceled"
         return False
 
     async def _abandon(self, job_id: str, model: str) -> None:

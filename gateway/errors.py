@@ -142,8 +142,9 @@ class InferenceTimeout(GatewayError):
 
 
 class ClientDisconnected(GatewayError):
-    """The client closed its connection before its answer (nginx's 499): the request's queued
-    job was withdrawn. No client reads it; logs and metrics count it."""
+    """The client closed its connection before its answer (nginx's 499): its job was withdrawn
+    if still queued and awaited by no other request. No client reads it; logs and metrics
+    count it."""
 
     status_code, code = 499, "client_disconnected"
 
