@@ -32,7 +32,8 @@ TORCH = "torch==2.13.0"
 """The CPU wheel on this disk; any other torch requirement pulls a multi-GB CUDA build."""
 
 SENTENCE = "The quick brown fox jumps over the lazy dog %d"
-"""The benchmark's sentence as a Lua/printf format (see bench.throughput.TEXT)."""
+"""The benchmark's sentence, a format with one %d: a 10-digit number unique in the run (see
+bench.throughput), so every text has the same token count and no two are equal."""
 
 
 @dataclass(frozen=True)
@@ -183,16 +184,8 @@ class PeerServer:
         raise RuntimeError(f"{self.peer.name} not ready after {timeout_s} s:\n{self.tail()}")
 
     def check(self) -> None:
-        """One request, answered 200 with a 384-float vector somewhere in its body."""
-        body = (self.peer.body % 1).encode()
-        reply = httpx.post(
-            self.url + self.peer.path,
-            content=body,
-            headers={"Content-Type": "application/json"},
-            timeout=60,
-        )
-        if reply.status_code != 200:
-            raise RuntimeError(f"{self.peer.name} answered {reply.status_code}: {reply.text[:300]}")
+        """One request, answered 200."""
+        post_once(self.url + self.peer.path, self.peer.body % 1, self.peer.name)
 
     def tail(self, size: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-size:] if self.log.exists() else ""
@@ -210,6 +203,15 @@ class PeerServer:
             self.proc.wait()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # a forked worker that outlived it
+
+
+def post_once(url: str, body: str, what: str) -> None:
+    """One JSON POST that must answer 200 (a server's first request, before any timing)."""
+    reply = httpx.post(
+        url, content=body.encode(), headers={"Content-Type": "application/json"}, timeout=60
+    )
+    if reply.status_code != 200:
+        raise RuntimeError(f"{what} answered {reply.status_code}: {reply.text[:500]}")
 
 
 def chosen(names: str) -> Sequence[Peer]:

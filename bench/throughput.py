@@ -41,7 +41,7 @@ import httpx
 import yaml
 from redis import Redis
 
-from bench.peers import PEERS, Launch, PeerServer, chosen
+from bench.peers import PEERS, SENTENCE, Launch, PeerServer, chosen, post_once
 from contract.config import AUTO_REPLICAS_MAX, ModelSpec, load_registry, resolve_source
 from contract.jobs import Keys
 from modelgate.redis_server import RedisServer, free_port
@@ -51,8 +51,6 @@ LUA_SCRIPT = Path(__file__).with_name("wrk_predict.lua")
 PREFIX = "mgbench"
 """Key prefix of the bench's private Redis."""
 
-TEXT = "The quick brown fox jumps over the lazy dog {}"
-"""One short sentence; ``{}`` gets a 10-digit number unique in the run (same format in Lua)."""
 
 BASE = 1_000_000_000
 """Numbers start here so they all have 10 digits, hence the same token count everywhere."""
@@ -136,7 +134,7 @@ def phase_base(phase: int) -> int:
 
 
 def texts(base: int, start: int, count: int) -> list[str]:
-    return [TEXT.format(base + start + i) for i in range(count)]
+    return [SENTENCE % (base + start + i) for i in range(count)]
 
 
 # --- the stack under test -------------------------------------------------------------------
@@ -381,8 +379,8 @@ def measure_engine(
 # --- load generators --------------------------------------------------------------------------
 
 
-BODY = '{"inputs":"The quick brown fox jumps over the lazy dog %d"}'
-"""A predict request's body, as a format with one %d (``TEXT``'s number); peers have their own."""
+BODY = '{"inputs":"' + SENTENCE + '"}'
+"""A predict request's body, a format with one %d (the sentence's number); peers have their own."""
 
 
 NO_STORE = "no-store"
@@ -507,17 +505,37 @@ class Driver:
     """One HTTP endpoint driven by the load generator, every given process's CPU accounted."""
 
     label: str
-    url: str
+    load: Load
     loadgen: str
-    timeout_s: float
     pids: dict[str, int]
-    body: str = BODY
-    cache_control: str = ""
+
+    @property
+    def url(self) -> str:
+        return self.load.url
 
     def drive(self, concurrency: int, duration_s: float, base: int) -> dict[str, Any]:
         run = run_wrk if self.loadgen == "wrk" else run_httpx
-        load = Load(self.url, self.timeout_s, self.body, self.cache_control)
-        return run(load, concurrency, duration_s, base)
+        return run(self.load, concurrency, duration_s, base)
+
+    def phases(
+        self,
+        concurrency: int,
+        args: argparse.Namespace,
+        phase: int,
+        between: Callable[[], None] | None = None,
+    ) -> Figure:
+        """``--warmup`` s of load (texts of ``phase``), then ``--repeats`` measured phases
+        (texts of ``phase + 1``): their median row, by p50 at c=1, by rate above."""
+        self.drive(concurrency, args.warmup, phase_base(phase))
+        if between is not None:
+            between()
+        return repeated(
+            partial(self.measure, concurrency, args.duration),
+            phase_base(phase + 1),
+            args.repeats,
+            "p50_ms" if concurrency == 1 else "rate",
+            between,
+        )
 
     def measure(self, concurrency: int, duration_s: float, base: int) -> Figure:
         meter = CpuMeter(self.pids)
@@ -547,7 +565,7 @@ class HttpBench(Driver):
 
     def __init__(self, stack: Stack, model: str, loadgen: str, timeout_s: float) -> None:
         url = f"{stack.url}/models/{model}/predict"
-        super().__init__("modelgate", url, loadgen, timeout_s, stack.pids(), BODY, NO_STORE)
+        super().__init__("modelgate", Load(url, timeout_s, BODY, NO_STORE), loadgen, stack.pids())
         self.stack, self.model = stack, model
         self.redis = Redis.from_url(stack.redis.url, decode_responses=True)
 
@@ -610,26 +628,24 @@ class HttpBench(Driver):
 # --- the report --------------------------------------------------------------------------------
 
 
-def judge(
-    fig: Figure, b1: Figure, limit: Figure, concurrency: int, max_batch: int, verdict: bool = True
-) -> None:
-    """Fill ratio, target and verdict: c=1 by latency, c>=max_batch by throughput; the ratio
-    only, without ``verdict`` (a peer's row)."""
-    if concurrency == 1:
-        fig.ratio, goal, fig.target = fig.p50_ms / b1.p50_ms, 1.2, "p50 <= 1.2x b1"
-        met = fig.ratio <= goal
-    else:
-        fig.ratio = fig.rate / limit.rate
-        if concurrency < max_batch:
-            return
-        if not verdict:
-            return
-        fig.target, met = f"rate >= 0.9x b{max_batch}", fig.ratio >= 0.9
-    if not verdict:
-        fig.target = "-"
-        return
-    fig.target += ", 0 err"
+def ratio_to(fig: Figure, b1: Figure, limit: Figure, concurrency: int) -> float:
+    """c=1: p50 over the in-process b1 p50; above: rate over the in-process limit's."""
+    return fig.p50_ms / b1.p50_ms if concurrency == 1 else fig.rate / limit.rate
+
+
+def verdict(fig: Figure, target: str, met: bool) -> None:
+    """A row's target and whether it holds, errors included."""
+    fig.target = target + ", 0 err"
     fig.verdict = "PASS" if met and fig.errors == 0 else "FAIL"
+
+
+def judge(fig: Figure, b1: Figure, limit: Figure, concurrency: int, max_batch: int) -> None:
+    """Fill ratio, target and verdict: c=1 by latency, c>=max_batch by throughput."""
+    fig.ratio = ratio_to(fig, b1, limit, concurrency)
+    if concurrency == 1:
+        verdict(fig, "p50 <= 1.2x b1", fig.ratio <= 1.2)
+    elif concurrency >= max_batch:
+        verdict(fig, f"rate >= 0.9x b{max_batch}", fig.ratio >= 0.9)
 
 
 def machine() -> dict[str, Any]:
@@ -900,9 +916,7 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 
 
 def sanity_check(url: str) -> None:
-    reply = httpx.post(url, json={"inputs": TEXT.format(BASE - 1)}, timeout=60)
-    if reply.status_code != 200:
-        raise RuntimeError(f"first predict answered {reply.status_code}: {reply.text[:500]}")
+    post_once(url, BODY % (BASE - 1), "first predict")
 
 
 def run_info(args: argparse.Namespace, loadgen: str) -> dict[str, Any]:
@@ -959,16 +973,8 @@ def http_phases(
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     for i, c in enumerate(levels):
         steps.step(f"HTTP at concurrency {c}")
-        bench.drive(c, args.warmup, phase_base(2 + 2 * i))
-        bench.settle()
         known, offset = bench.job_ids(), stack.log_size("gateway")
-        fig = repeated(
-            partial(bench.measure, c, args.duration),
-            phase_base(3 + 2 * i),
-            args.repeats,
-            "p50_ms" if c == 1 else "rate",
-            bench.settle,
-        )
+        fig = bench.phases(c, args, 2 + 2 * i, bench.settle)
         judge(fig, refs[0], refs[1], c, max_batch)
         figs.append(fig)
         if c == 1:
@@ -979,7 +985,7 @@ def http_phases(
     return figs, breakdown
 
 
-CACHED_BODY = '{"inputs":"The quick brown fox jumps over the lazy dog 1"}'
+CACHED_BODY = BODY % 1
 """The one body of the cache-hit phases (no %d: every request the same)."""
 
 HIT_P50_MS, HIT_RATE = 1.5, 2000.0
@@ -990,28 +996,17 @@ def cache_phases(
     bench: HttpBench, args: argparse.Namespace, levels: list[int], steps: Steps
 ) -> list[Figure]:
     """One cached input asked again and again: the gateway answers from the cache alone."""
-    hits = Driver("cache hit", bench.url, bench.loadgen, bench.timeout_s, bench.pids, CACHED_BODY)
-    reply = httpx.post(
-        bench.url, content=CACHED_BODY, headers={"Content-Type": "application/json"}, timeout=60
-    )
-    reply.raise_for_status()  # computed once: from now on, every request is a hit
+    load = Load(bench.url, bench.load.timeout_s, CACHED_BODY)
+    hits = Driver("cache hit", load, bench.loadgen, bench.pids)
+    post_once(bench.url, CACHED_BODY, "the cached input's first predict")  # from now on: hits
     figs = []
     for i, c in enumerate(levels):
         steps.step(f"cache hits at concurrency {c}")
-        hits.drive(c, args.warmup, phase_base(40 + 2 * i))
-        fig = repeated(
-            partial(hits.measure, c, args.duration),
-            phase_base(41 + 2 * i),
-            args.repeats,
-            "p50_ms" if c == 1 else "rate",
-        )
+        fig = hits.phases(c, args, 40 + 2 * i)
         if c == 1:
-            fig.target = f"p50 <= {HIT_P50_MS} ms, 0 err"
-            met = fig.p50_ms <= HIT_P50_MS
+            verdict(fig, f"p50 <= {HIT_P50_MS} ms", fig.p50_ms <= HIT_P50_MS)
         else:
-            fig.target = f"rate >= {HIT_RATE:.0f}/s, 0 err"
-            met = fig.rate >= HIT_RATE
-        fig.verdict = "PASS" if met and fig.errors == 0 else "FAIL"
+            verdict(fig, f"rate >= {HIT_RATE:.0f}/s", fig.rate >= HIT_RATE)
         figs.append(fig)
     return figs
 
@@ -1051,24 +1046,12 @@ def peer_phases(
             server.start()
             server.wait_ready(300)
             assert server.proc is not None
-            driver = Driver(
-                peer.name,
-                server.url + peer.path,
-                loadgen,
-                spec.timeout_s + 5,
-                {"peer": server.proc.pid},
-                peer.body,
-            )
+            load = Load(server.url + peer.path, spec.timeout_s + 5, peer.body)
+            driver = Driver(peer.name, load, loadgen, {"peer": server.proc.pid})
             for i, c in enumerate(levels):
                 steps.step(f"{peer.name} at concurrency {c}")
-                driver.drive(c, args.warmup, phase_base(50 + 10 * k + 2 * i))
-                fig = repeated(
-                    partial(driver.measure, c, args.duration),
-                    phase_base(51 + 10 * k + 2 * i),
-                    args.repeats,
-                    "p50_ms" if c == 1 else "rate",
-                )
-                judge(fig, refs[0], refs[1], c, spec.max_batch_size, verdict=False)
+                fig = driver.phases(c, args, 50 + 10 * k + 2 * i)
+                fig.ratio = ratio_to(fig, refs[0], refs[1], c)  # the targets are modelgate's
                 figs.append(fig)
         finally:
             server.stop()
