@@ -188,15 +188,24 @@ class Registry(_Strict):
         """Workers per model on a host of ``cores``: a number as given; ``auto``, one for a
         CUDA model, and for any other one single-threaded worker per core, the cores shared
         among those models (at least one, at most :data:`AUTO_REPLICAS_MAX`)."""
-        cpu = [m for m in self.models if not m.device.startswith("cuda")]
+        cpu = self._cpu_models()
         share = max(1, min(AUTO_REPLICAS_MAX, cores // max(1, len(cpu))))
         counts = {}
         for m in self.models:
             if m.replicas != "auto":
                 counts[m.name] = m.replicas
             else:
-                counts[m.name] = 1 if m.device.startswith("cuda") else share
+                counts[m.name] = share if m in cpu else 1
         return counts
+
+    def worker_threads(self, cores: int) -> int:
+        """Torch threads of each CPU worker whose entry sets none: the cores divided among the
+        CPU workers :meth:`worker_counts` starts (at least one each)."""
+        counts = self.worker_counts(cores)
+        return max(1, cores // max(1, sum(counts[m.name] for m in self._cpu_models())))
+
+    def _cpu_models(self) -> list[ModelSpec]:
+        return [m for m in self.models if not m.device.startswith("cuda")]
 
     def get(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)

@@ -138,11 +138,9 @@ class Stack:
     def _start_all(self) -> None:
         if not self.redis_url:
             self._start_redis()
-        counts = self.registry.worker_counts(os.cpu_count() or 1)
-        cpu_workers = sum(
-            counts[m.name] for m in self.registry.models if not m.device.startswith("cuda")
-        )
-        threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+        cores = os.cpu_count() or 1
+        counts = self.registry.worker_counts(cores)
+        threads = self.registry.worker_threads(cores)
         for spec in self.registry.models:
             for i in range(counts[spec.name]):
                 args = [sys.executable, "-m", "workers", "--model", spec.name]

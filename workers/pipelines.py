@@ -9,15 +9,15 @@ models load from their folder. :func:`build_engine` is what a worker calls: it p
 
 Threads: a worker sets torch's intra-op threads from ``--threads``, else the entry's ``threads``,
 else torch's default (every core). ``modelgate up`` passes ``--threads`` itself when an entry sets
-none: the host's cores divided among the CPU worker processes it starts (at least one each; see
-:func:`default_threads`), so several CPU workers on one machine do not oversubscribe its cores.
+none: the host's cores divided among the CPU worker processes it starts (at least one each;
+see :meth:`contract.config.Registry.worker_threads`), so several CPU workers on one machine do
+not oversubscribe its cores.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,11 +101,6 @@ def resolve_device(device: str) -> str:
             count = torch.cuda.device_count()
             raise DeviceError(f"device {device!r} requested but only {count} CUDA device(s) exist")
     return device
-
-
-def default_threads(replicas_on_host: int) -> int:
-    """Intra-op threads for one CPU worker: the cores divided among the workers on this host."""
-    return max(1, (os.cpu_count() or 1) // max(1, replicas_on_host))
 
 
 def fingerprint(spec: ModelSpec, location: str) -> str:

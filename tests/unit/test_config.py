@@ -47,6 +47,15 @@ def test_auto_replicas_fill_the_cores_with_single_threaded_workers() -> None:
     assert counts(8, {}, {"replicas": 3}) == {"m0": 4, "m1": 3}  # a number is kept
     assert counts(8, {"device": "cuda"}, {}) == {"m0": 1, "m1": 4}  # one a GPU model
 
+    def threads(cores: int, *entries: dict[str, object]) -> int:
+        models = [{**GOOD, "name": f"m{i}", **e} for i, e in enumerate(entries)]
+        return parse_registry({"models": models}).worker_threads(cores)
+
+    assert threads(2, {}) == 1  # auto fills the cores with single-threaded workers
+    assert threads(8, {"replicas": 2}) == 4  # the cores divided among the CPU workers
+    assert threads(8, {"replicas": 2}, {"device": "cuda"}) == 4  # a GPU worker takes none
+    assert threads(2, {"replicas": 4}) == 1  # never none
+
 
 def test_every_problem_is_listed_with_its_path() -> None:
     data = {
