@@ -20,8 +20,10 @@ PREDICT_FUNC = "workers.tasks.predict"
 ALLOWED_FUNCS = frozenset({PREDICT_FUNC})
 """The only job functions a worker will run."""
 
-PRESENCE_TTL_S = 3.0
-"""A worker that has not heart-beaten for this long counts as gone."""
+PRESENCE_TTL_S = 5.0
+"""A worker that has not heart-beaten for this long counts as gone. Four missed beats: a loaded
+machine can stall a process for a few seconds (CPU starvation, a long collection), and a live
+worker that lapses makes its model answer 503 until the next beat."""
 
 HEARTBEAT_INTERVAL_S = 1.0
 """How often a worker renews its presence."""

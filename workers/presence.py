@@ -40,6 +40,10 @@ RECONNECT_GRACE_S = PRESENCE_TTL_S + HEARTBEAT_INTERVAL_S
 """How long a worker's tick waits after a failed heartbeat before it runs again."""
 
 
+LATE_AFTER_S = PRESENCE_TTL_S - HEARTBEAT_INTERVAL_S
+"""A renewal this long after the last one came close to letting the presence lapse."""
+
+
 class Presence:
     """Announces one worker of one model while ``healthy()`` says its main loop is alive."""
 
@@ -87,12 +91,21 @@ class Presence:
 
     def _loop(self) -> None:
         connected_since: float | None = time.monotonic()
+        renewed = time.monotonic()
         while not self._stop.wait(HEARTBEAT_INTERVAL_S):
             if not self.healthy():
                 log.error("main loop stuck past its deadline: withdrawing presence")
                 continue
             try:
                 self.renew()
+                gap, renewed = time.monotonic() - renewed, time.monotonic()
+                if gap > LATE_AFTER_S:
+                    # The gateway counts this worker gone after PRESENCE_TTL_S without one.
+                    log.warning(
+                        "presence renewed %.1f s after the last (every %.0f s is due)",
+                        gap,
+                        HEARTBEAT_INTERVAL_S,
+                    )
                 if connected_since is None:
                     connected_since = time.monotonic()
                 # Right after Redis comes back every worker's presence has lapsed: give the live
