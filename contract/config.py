@@ -95,6 +95,7 @@ class ModelSpec(_Strict):
     compile: bool = False
     quantize: Literal["dynamic-int8"] | None = None
     fast_path: bool = True
+    engine: Literal["torch", "onnx", "openvino"] = "torch"
     matryoshka_dimensions: list[Annotated[int, Field(gt=0)]] | None = None
 
     @field_validator("name")
@@ -122,6 +123,28 @@ class ModelSpec(_Strict):
     def _compile_fits(self) -> ModelSpec:
         if self.compile and self.task not in COMPILE_TASKS:
             raise ValueError(f"compile: true applies only to {' and '.join(sorted(COMPILE_TASKS))}")
+        return self
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> ModelSpec:
+        # An exported graph is the float32 model's forward pass; the torch-only options change
+        # the torch module, and fast_path: false is the transformers pipeline on torch itself.
+        if self.engine == "torch":
+            return self
+        e = f"engine {self.engine!r}"
+        problems = [
+            *([f"{e} needs dtype float32, not {self.dtype}"] if self.dtype != "float32" else []),
+            *([f"{e} and compile: true do not combine"] if self.compile else []),
+            *([f"{e} and quantize do not combine"] if self.quantize else []),
+            *([f"{e} needs fast_path: true"] if not self.fast_path else []),
+            *(
+                [f"{e} runs on device cpu, not {self.device!r}"]
+                if self.engine == "openvino" and self.device != "cpu"
+                else []
+            ),
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")

@@ -9,11 +9,14 @@ from redis.exceptions import RedisError
 
 from contract.jobs import DEFAULT_PREFIX
 
+DEFAULT_EXPORT_DIR = "~/.cache/modelgate/exports"
+
 
 class CommonSettings(BaseSettings):
     """Where the model registry and Redis are: ``MODELGATE_CONFIG``, ``MODELGATE_REDIS_URL``
     (``REDIS_URL`` is read too, when the first is unset), ``MODELGATE_CACHE_URL``,
-    ``MODELGATE_PREFIX``; these locate things and never change a model's settings."""
+    ``MODELGATE_PREFIX``, ``MODELGATE_EXPORT_DIR``; these locate things and never change a
+    model's settings."""
 
     model_config = SettingsConfigDict(
         env_prefix="MODELGATE_", extra="ignore", populate_by_name=True
@@ -29,6 +32,9 @@ class CommonSettings(BaseSettings):
     ``maxmemory`` and ``allkeys-lru``, so cache entries can never crowd out jobs; unset, the
     cache shares the job Redis."""
     prefix: str = DEFAULT_PREFIX
+    export_dir: str = DEFAULT_EXPORT_DIR
+    """Where workers keep the ONNX exports of ``engine: onnx``/``openvino`` models
+    (``MODELGATE_EXPORT_DIR``)."""
     log_format: str = "text"
     log_level: str = "INFO"
 

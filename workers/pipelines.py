@@ -198,23 +198,28 @@ class PipelineEngine:
         return time.perf_counter() - started
 
 
-def load_engine(spec: ModelSpec, base_dir: str = ".") -> Engine:
-    """The model on its device, as its task's engine or (``fast_path: false``) the pipeline."""
+def load_engine(spec: ModelSpec, base_dir: str = ".", exports: Path | None = None) -> Engine:
+    """The model on its device, as its task's engine or (``fast_path: false``) the pipeline;
+    with ``engine: onnx`` or ``openvino``, its forward pass on that runtime (exported into
+    ``exports``, else :func:`workers.runtime.export_root`)."""
     if not spec.fast_path and spec.task in PIPELINE_TASKS:
         return PipelineEngine(spec, base_dir)
     location = resolve_source(spec, base_dir)
     device = resolve_device(spec.device)
     engine_class = ENGINES[spec.task]
-    return engine_class(spec, location, device, DTYPES[spec.dtype], fingerprint(spec, location))
+    print_ = fingerprint(spec, location)
+    return engine_class(spec, location, device, DTYPES[spec.dtype], print_, exports)
 
 
-def build_engine(spec: ModelSpec, base_dir: str = ".") -> Engine:
+def build_engine(spec: ModelSpec, base_dir: str = ".", exports: Path | None = None) -> Engine:
     """Load, quantize and compile (as models.yaml asks) the engine a worker serves with."""
-    engine = load_engine(spec, base_dir)
-    if spec.quantize == "dynamic-int8":
-        quantize_dynamic_int8(engine.model)
-    if spec.compile:
-        compile_model(
-            engine.model, engine, max_batch_size=spec.max_batch_size, max_tokens=engine.max_tokens
-        )
+    engine = load_engine(spec, base_dir, exports)
+    model = engine.model
+    if isinstance(model, torch.nn.Module):  # the config allows neither on an exported graph
+        if spec.quantize == "dynamic-int8":
+            quantize_dynamic_int8(model)
+        if spec.compile:
+            compile_model(
+                model, engine, max_batch_size=spec.max_batch_size, max_tokens=engine.max_tokens
+            )
     return engine

@@ -200,6 +200,7 @@ class WorkerInfo(BaseModel):
     pid: int | None = None
     device: str | None = None
     dtype: str | None = None
+    engine: str | None = Field(default=None, description="torch, onnx or openvino")
     fingerprint: str | None = Field(default=None, description="of the weights it serves")
     max_batch_size: int | None = Field(default=None, description="most inputs per model call")
     ready_at: datetime | None = Field(

@@ -50,7 +50,7 @@ pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("MODELGATE_FUZZ_EXAMPLES", "20"))
 """Examples per operation (fuzzing phase), and jobs followed; ``make fuzz`` raises it."""
 
-WORKERLESS_MODELS = frozenset({"victim", "slowpoke", "ghost"})
+WORKERLESS_MODELS = frozenset({"victim", "slowpoke", "minilm-onnx", "ghost"})
 """Configured without a worker, so they answer 503 model_unavailable by design: their own
 routes are not fuzzed, and a generated name of one is steered elsewhere."""
 

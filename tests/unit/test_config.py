@@ -149,3 +149,22 @@ def test_names_that_differ_only_in_punctuation_are_refused() -> None:
     models = [{"name": "tiny-cls", **entry}, {"name": "tiny_cls", **entry}]
     with pytest.raises(ConfigError, match="differ only in punctuation: tiny-cls, tiny_cls"):
         parse_registry({"models": models})
+
+
+def test_an_exported_engine_refuses_the_options_that_change_the_torch_module() -> None:
+    assert parse_registry({"models": [{**GOOD, "engine": "onnx"}]}).models[0].engine == "onnx"
+    refused = {
+        "models": [
+            {**GOOD, "name": "a", "engine": "onnx", "dtype": "float16", "compile": True},
+            {**GOOD, "name": "b", "engine": "onnx", "quantize": "dynamic-int8"},
+            {**GOOD, "name": "c", "engine": "openvino", "device": "cuda", "fast_path": False},
+            {**GOOD, "name": "d", "engine": "tensorrt"},
+        ]
+    }
+    got = problems(refused)
+    assert any("engine 'onnx' needs dtype float32, not float16" in p for p in got)
+    assert any("engine 'onnx' and compile: true do not combine" in p for p in got)
+    assert any("engine 'onnx' and quantize do not combine" in p for p in got)
+    assert any("engine 'openvino' needs fast_path: true" in p for p in got)
+    assert any("engine 'openvino' runs on device cpu, not 'cuda'" in p for p in got)
+    assert any(p.startswith("models[3].engine: ") for p in got)

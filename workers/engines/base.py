@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -23,6 +24,7 @@ from transformers import AutoTokenizer, Pipeline, pipeline
 
 from contract.config import ModelSpec
 from contract.tasks import TASKS, TOKEN_IDS, Item, item_chars
+from workers.runtime import ExportedModel, exported
 from workers.tasks import Group, InputTooLong, Runner
 
 log = logging.getLogger("modelgate.worker")
@@ -39,7 +41,7 @@ class Engine(Runner, Protocol):
     fingerprint: str
 
     @property
-    def model(self) -> torch.nn.Module: ...
+    def model(self) -> torch.nn.Module | ExportedModel: ...
     @property
     def max_tokens(self) -> int: ...
     def warm_up(self) -> float: ...
@@ -135,7 +137,13 @@ class TaskEngine:
     across_groups = False
 
     def __init__(
-        self, spec: ModelSpec, location: str, device: str, dtype: torch.dtype, fingerprint: str
+        self,
+        spec: ModelSpec,
+        location: str,
+        device: str,
+        dtype: torch.dtype,
+        fingerprint: str,
+        exports: Path | None = None,
     ) -> None:
         self.spec = spec
         self.location = location
@@ -147,7 +155,12 @@ class TaskEngine:
         revision = {"revision": spec.source.revision} if spec.source.revision else {}
         self.tokenizer = AutoTokenizer.from_pretrained(location, **revision)
         loaded = self.auto_class.from_pretrained(location, dtype=dtype, **revision)
-        self._model: torch.nn.Module = loaded.to(device).eval()
+        self._model: torch.nn.Module | ExportedModel = loaded.to(device).eval()
+        if spec.engine != "torch":
+            # The same call on an exported graph; the torch module is dropped once exported.
+            self._model = exported(
+                spec.engine, spec.name, loaded, self.tokenizer, fingerprint, device, exports
+            )
         self.config: Any = self._model.config
         self._max_tokens = token_limit(self.tokenizer, self.config)
         # Pipelines truncate at the tokenizer's maximum: make it the one the model really takes.
@@ -160,7 +173,7 @@ class TaskEngine:
         """Task set-up once the model is on its device."""
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> torch.nn.Module | ExportedModel:
         return self._model
 
     @property
