@@ -102,7 +102,7 @@ def flatten(task: str, outputs: list[Any]) -> torch.Tensor:
 def check_engine(
     spec: ModelSpec, args: argparse.Namespace, reference: dict[str, Any]
 ) -> dict[str, Any]:
-    engine = build_engine(spec)
+    engine = build_engine(spec, exports=args.exports)
     engine.warm_up()
     params = {"top_k": None} if spec.task == "text-classification" else {}
     got = flatten(spec.task, engine(reference["texts"], params))
@@ -113,7 +113,7 @@ def check_engine(
     row = {
         "task": spec.task,
         "dtype": spec.dtype,
-        "engine": "fast path" if spec.fast_path else "pipeline",
+        "engine": spec.engine if spec.engine != "torch" else label(spec.fast_path),
         "texts_per_s": rates,
         "max_abs_diff": float((got - reference["want"]).abs().max()),
     }
@@ -121,6 +121,26 @@ def check_engine(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return row
+
+
+def label(fast_path: bool) -> str:
+    return "fast path" if fast_path else "pipeline"
+
+
+def runnable(engine: str, device: str) -> str | None:
+    """Why ``engine`` cannot run on ``device`` here, or None."""
+    if engine == "onnx":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed"
+        import onnxruntime
+
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in (
+            onnxruntime.get_available_providers()
+        ):
+            return "this onnxruntime has no CUDA provider (install onnxruntime-gpu)"
+    if engine == "openvino" and (device != "cpu" or importlib.util.find_spec("openvino") is None):
+        return "openvino runs on the CPU, with the openvino package"
+    return None
 
 
 def check_task(task: str, model: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -139,6 +159,21 @@ def check_task(task: str, model: Path, args: argparse.Namespace) -> list[dict[st
             )
             rows.append(check_engine(spec, args, reference))
             print_row(rows[-1], args.batches)
+    for engine in args.engines:  # exported engines: float32 graphs, against the same reference
+        why = runnable(engine, args.device)
+        if why:
+            print(f"{task:<20} {'float32':<9} {engine:<10} skipped: {why}", flush=True)
+            continue
+        spec = ModelSpec(
+            name="minilm",
+            task=task,
+            source=Source(path=str(model)),
+            device=args.device,
+            engine=engine,
+            max_batch_size=max(args.batches),
+        )
+        rows.append(check_engine(spec, args, reference))
+        print_row(rows[-1], args.batches)
     return rows
 
 
@@ -156,7 +191,7 @@ def verdicts(rows: list[dict[str, Any]], on_gpu: bool) -> list[str]:
     target (judged on a GPU only: it is an H100 figure)."""
     lines = []
     for row in rows:
-        if row["engine"] != "fast path":
+        if row["engine"] == "pipeline":
             continue
         twin = next(
             r
@@ -166,7 +201,7 @@ def verdicts(rows: list[dict[str, Any]], on_gpu: bool) -> list[str]:
         tol = max(TOLERANCE[row["dtype"]], 1.5 * twin["max_abs_diff"])
         ok = row["max_abs_diff"] <= tol
         lines.append(
-            f"{'PASS' if ok else 'FAIL'} {row['task']} {row['dtype']}: fast path max "
+            f"{'PASS' if ok else 'FAIL'} {row['task']} {row['dtype']}: {row['engine']} max "
             f"|diff| {row['max_abs_diff']:.2e} <= {tol:.0e} (pipeline's own "
             f"{twin['max_abs_diff']:.2e})"
         )
@@ -198,6 +233,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dtypes", default="float32,float16")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    parser.add_argument(
+        "--engines",
+        default="onnx",
+        help="exported engines to check beside torch (default onnx: ONNX Runtime's CUDA "
+        "provider on a GPU, where onnxruntime-gpu is installed; skipped with a note where not; "
+        "'' for none)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     parser.add_argument(
         "--export-model",
@@ -207,6 +249,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.dtypes = args.dtypes.split(",")
+    args.engines = [e for e in args.engines.split(",") if e]
     args.batches = [1, 4, 16] if args.quick else [1, 32, 256]
     args.seconds = 0.3 if args.quick else 1.5
     args.compare = 16 if args.quick else 64
@@ -245,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
+        args.exports = Path(tmp) / "exports"
         classifier = build_classifier(model, Path(tmp) / "classifier")
         rows = check_task("feature-extraction", model, args)
         rows += check_task("text-classification", classifier, args)

@@ -288,6 +288,8 @@ def _onnxruntime(path: Path, device: str, threads: int) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Memory patterns plan allocations per input shape; every batch here has new shapes.
+    options.enable_mem_pattern = False
     options.log_severity_level = 3
     providers: list[Any] = ["CPUExecutionProvider"]
     if device.startswith("cuda"):
