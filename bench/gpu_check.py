@@ -145,35 +145,30 @@ def runnable(engine: str, device: str) -> str | None:
 
 def check_task(task: str, model: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     reference: dict[str, Any] = {"texts": mixed_lengths(args.compare)}
-    rows = []
+    source, batch = Source(path=str(model)), max(args.batches)
+
+    def check(**options: Any) -> None:
+        spec = ModelSpec(
+            name="minilm",
+            task=task,
+            source=source,
+            device=args.device,
+            max_batch_size=batch,
+            **options,
+        )
+        rows.append(check_engine(spec, args, reference))
+        print_row(rows[-1], args.batches)
+
+    rows: list[dict[str, Any]] = []
     for dtype in args.dtypes:  # float32 first: its pipeline is the reference
         for fast_path in (False, True):
-            spec = ModelSpec(
-                name="minilm",
-                task=task,
-                source=Source(path=str(model)),
-                device=args.device,
-                dtype=dtype,
-                fast_path=fast_path,
-                max_batch_size=max(args.batches),
-            )
-            rows.append(check_engine(spec, args, reference))
-            print_row(rows[-1], args.batches)
+            check(dtype=dtype, fast_path=fast_path)
     for engine in args.engines:  # exported engines: float32 graphs, against the same reference
         why = runnable(engine, args.device)
         if why:
             print(f"{task:<20} {'float32':<9} {engine:<10} skipped: {why}", flush=True)
             continue
-        spec = ModelSpec(
-            name="minilm",
-            task=task,
-            source=Source(path=str(model)),
-            device=args.device,
-            engine=engine,
-            max_batch_size=max(args.batches),
-        )
-        rows.append(check_engine(spec, args, reference))
-        print_row(rows[-1], args.batches)
+        check(engine=engine)
     return rows
 
 
