@@ -183,6 +183,20 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def publish(staging: Path, folder: Path) -> None:
+    """Move a finished export into place, unless another process (a worker of the same
+    weights starting beside this one) put a verified one there meanwhile: that one is kept, as
+    it may already be loading. A broken folder is replaced whole, never patched."""
+    if verified(folder) is not None:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        staging.rename(folder)
+    except OSError:
+        if verified(folder) is None:  # not a verified export that won the race meanwhile
+            raise
+
+
 def ensure_export(
     name: str,
     model: torch.nn.Module,
@@ -205,17 +219,12 @@ def ensure_export(
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide it from workers of other users
     except OSError as err:
         raise ExportError(f"cannot write the export folder {folder.parent}: {err}") from err
     try:
         export_onnx(model, sample, outputs, staging)
-        if folder.exists():  # broken: replaced whole, never patched
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            staging.rename(folder)
-        except OSError:
-            if verified(folder) is None:  # another worker's export won the race, or not
-                raise
+        publish(staging, folder)
     except ExportError:
         raise
     except Exception as err:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from workers.runtime import (
     ExportedModel,
     ExportError,
     ensure_export,
+    publish,
     verified,
 )
 
@@ -127,6 +129,31 @@ def test_an_export_is_reused_and_a_broken_or_stale_one_rebuilt(
     retrained = build_engine(_tiny_spec(other), exports=tmp_path)
     assert retrained.model.folder != folder, "other weights reused a stale export"  # type: ignore[union-attr]
     assert _answer(retrained) != _answer(rebuilt)
+
+
+def test_an_export_another_worker_finished_meanwhile_is_kept(
+    model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Workers of one model start together and may all export: the first verified export in
+    place stays (others may be loading it); a broken one is replaced whole."""
+    theirs = build_engine(_tiny_spec(model_dirs["tiny"]), exports=tmp_path / "exports")
+    folder = theirs.model.folder  # type: ignore[union-attr]
+    ours = tmp_path / "ours"
+    shutil.copytree(folder, ours)  # this worker's own finished export
+    graph = (folder / GRAPH).stat().st_ino
+    publish(ours, folder)
+    assert (folder / GRAPH).stat().st_ino == graph, "a verified export was replaced"
+    assert ours.exists()  # left for ensure_export to remove
+
+    (folder / GRAPH).write_bytes(b"torn")
+    publish(ours, folder)
+    assert verified(folder) is not None and not ours.exists(), "a broken export was kept"
+
+    again = tmp_path / "again"
+    shutil.copytree(folder, again)
+    shutil.rmtree(folder)  # none yet: moved into place
+    publish(again, folder)
+    assert verified(folder) is not None and not again.exists()
 
 
 class Branchy(torch.nn.Module):
