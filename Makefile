@@ -44,7 +44,7 @@ fmt: $(STAMP)
 # processes and threads) and Infinity on the same model and load (each in its own venv under
 # .cache/bench, built on first use: a few minutes and ~1.3 GB each).
 bench: $(STAMP)
-	$(PY) -m bench.throughput --repeats 3 --workers auto --engines torch,onnx,openvino --peers litserve,infinity
+	$(PY) -m bench.throughput --repeats 3 --workers auto --engines torch,onnx,openvino --peers litserve,litserve-onnx,infinity
 
 bench-lanes: $(STAMP)
 	$(PY) -m bench.lanes

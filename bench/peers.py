@@ -4,7 +4,11 @@ is ever pulled), started on loopback with the benchmark's model, and stopped by 
 
 - **LitServe**: ``bench/peer_litserve.py``, a LitAPI written as its docs teach (batch 32, 5 ms
   window, one inference worker with the same torch threads as modelgate's worker).
-- **Infinity**: its own CLI (``infinity_emb v2``), torch engine, batch 32, on the same folder.
+- **LitServe on ONNX Runtime** (``litserve-onnx``): the same LitAPI running the ONNX export
+  modelgate's ``engine: onnx`` made of the same weights, with the same session options.
+- **Infinity**: its own CLI (``infinity_emb v2``), torch engine, batch 32, on the same folder
+  (its ONNX engine, ``--engine optimum``, does not start beside torch 2.13: with optimum 2.x it
+  cannot find a local folder's ONNX file, optimum 1.x imports a torch.onnx function 2.13 removed).
 
 Both serve the same weights, from the same local folder, with the same pooling and
 normalisation as modelgate's engine; a peer is driven by the same load generator with the same
@@ -48,6 +52,8 @@ class Launch:
     model_name: str
     workers: int = 1
     """Model processes, where the peer has them (LitServe's ``workers_per_device``)."""
+    onnx: Path | None = None
+    """The model's ONNX export, for a peer that runs it (modelgate's, of the same weights)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class Peer:
     command: Callable[[Path, Launch], list[str]]
     """The server's command line, given the venv's python."""
     env: dict[str, str] = field(default_factory=dict)
+    needs_onnx: bool = False
+    """Runs the model's ONNX export (``Launch.onnx``) rather than its torch weights."""
 
     @property
     def venv(self) -> Path:
@@ -107,6 +115,11 @@ def _litserve(python: Path, at: Launch) -> list[str]:
     return [str(python), str(script), *(str(o) for o in options)]
 
 
+def _litserve_onnx(python: Path, at: Launch) -> list[str]:
+    assert at.onnx is not None, "litserve-onnx runs the model's ONNX export"
+    return [*_litserve(python, at), str(at.onnx)]
+
+
 def _infinity(python: Path, at: Launch) -> list[str]:
     cli = python.parent / "infinity_emb"
     return [
@@ -129,6 +142,16 @@ PEERS = {
         '{"inputs":"' + SENTENCE + '"}',
         "/health",
         _litserve,
+    ),
+    "litserve-onnx": Peer(
+        "litserve-onnx",
+        "0.2.19",
+        ("litserve==0.2.19", TRANSFORMERS, "onnxruntime==1.32.0"),
+        "/predict",
+        '{"inputs":"' + SENTENCE + '"}',
+        "/health",
+        _litserve_onnx,
+        needs_onnx=True,
     ),
     "infinity": Peer(
         "infinity",

@@ -744,8 +744,8 @@ def cpu_table(figs: list[Figure]) -> str:
 def breakdown_lines(figs: list[Figure], breakdown: dict[str, float] | None) -> list[str]:
     if not breakdown or not breakdown.get("jobs"):
         return []
-    b1 = next(f for f in figs if f.label == "in-process b1")
-    c1 = next(f for f in figs if f.label == "modelgate c1")
+    b1 = figs[0]  # the first engine's, whose c=1 phase the breakdown is of
+    c1 = next(f for f in figs if f.label.startswith("modelgate") and f.label.endswith(" c1"))
     rest = c1.p50_ms - breakdown["total"]
     lines = [
         "",
@@ -1052,6 +1052,13 @@ def cache_phases(
     return figs
 
 
+def onnx_export(config: Path, model: str, workdir: Path) -> Path:
+    """The run's ONNX export of ``model`` (made by the onnx engine's phases, or now)."""
+    on_onnx = write_config(config, model, workdir / "models-export.yaml", "onnx")
+    engine = load_engine(on_onnx, model, 1, exports_of(workdir))
+    return Path(engine.model.folder) / "model.onnx"
+
+
 def peer_phases(
     args: argparse.Namespace,
     config: Path,
@@ -1080,6 +1087,7 @@ def peer_phases(
             spec.max_batch_delay_ms / 1000,
             args.model,
             args.workers,
+            onnx_export(config, args.model, workdir) if peer.needs_onnx else None,
         )
         server = PeerServer(peer, launch, workdir / f"{peer.name}.log")
         try:
@@ -1114,10 +1122,10 @@ def setup(args: argparse.Namespace, workdir: Path) -> tuple[str, Path, ModelSpec
     return pick_loadgen(args), config, spec
 
 
-def labels(engine: str, first: bool) -> tuple[str, str]:
-    """The in-process and HTTP row labels of ``engine``'s phases: plain for the first engine
-    (the rows the targets and the c=1 breakdown read), ``name/engine`` for the others."""
-    if first:
+def labels(engine: str) -> tuple[str, str]:
+    """The in-process and HTTP row labels of ``engine``'s phases: plain for torch,
+    ``name/engine`` for the others."""
+    if engine == "torch":
         return "in-process", "modelgate"
     return f"in-process/{engine}", f"modelgate/{engine}"
 
@@ -1138,7 +1146,7 @@ def engine_phases(
     )
     spec = load_registry(config).get(args.model)
     assert spec is not None
-    inproc, http = labels(engine_name, first)
+    inproc, http = labels(engine_name)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     stack = Stack(workdir, config, args.model, args.worker_threads, args.gateway_arg, args.workers)
     try:

@@ -167,9 +167,11 @@ def export_onnx(
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The exporter prints its progress to stdout and logs warnings about packages a text model
-    never needs (torchvision's operators): keep the worker's log to our own lines."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    """The exporter prints its progress to stdout, logs warnings about packages a text model
+    never needs (torchvision's operators) and its optimiser logs each pass: keep the worker's
+    log to our own lines."""
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "onnx_ir", "onnxscript")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bench.peers import PEERS, chosen
+from bench.peers import PEERS, Launch, chosen
 from bench.throughput import Figure, median_of, peer_verdicts
 
 
@@ -49,6 +51,12 @@ def test_peers_option() -> None:
         chosen("triton")
     for peer in PEERS.values():
         assert peer.body % 7 and "%" not in peer.body % 7
-        assert any(
-            r.startswith(peer.name.replace("infinity", "infinity-emb")) for r in peer.requirements
-        )
+        package = peer.name.removesuffix("-onnx").replace("infinity", "infinity-emb")
+        assert any(r.startswith(package) for r in peer.requirements)
+
+
+def test_the_onnx_peer_runs_the_export_it_is_given() -> None:
+    peer = PEERS["litserve-onnx"]
+    launch = Launch(Path("/m"), 8000, 1, 32, 0.005, "minilm", 2, Path("/x/model.onnx"))
+    assert peer.needs_onnx and peer.command(Path("py"), launch)[-2:] == ["2", "/x/model.onnx"]
+    assert PEERS["litserve"].command(Path("py"), launch)[-1] == "2"  # torch: no export
