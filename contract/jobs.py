@@ -174,6 +174,46 @@ class JobPayload:
         )
 
 
+SEGMENTS = "segments"
+"""The keyword argument of a coalesced job: the requests it carries, each ``{"id": ...}`` plus
+that request's own :class:`JobPayload` kwargs (see :func:`group_kwargs`)."""
+
+
+def group_kwargs(segments: list[tuple[str, JobPayload]]) -> dict[str, Any]:
+    """The kwargs of one job that carries several sync requests (the gateway's coalescing):
+    each segment keeps its own id (what its callers wait on, its replies set, its cancel key),
+    inputs, parameters, deadline and cache TTL, and is answered on its own."""
+    return {SEGMENTS: [{"id": seg_id, **payload.to_kwargs()} for seg_id, payload in segments]}
+
+
+def segments_of(kwargs: dict[str, Any]) -> list[tuple[str, dict[str, Any]]] | None:
+    """A coalesced job's segments as ``(id, kwargs)``; None for a job of one request. Raises
+    ValueError for a segments list that is not one (the job fails as unreadable)."""
+    raw = kwargs.get(SEGMENTS)
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("id"), str) and s["id"] for s in raw
+    ):
+        raise ValueError("job segments must be a list of objects with an id")
+    return [(s["id"], {k: v for k, v in s.items() if k != "id"}) for s in raw]
+
+
+def inputs_count(kwargs: dict[str, Any]) -> int:
+    """How many inputs a job's kwargs carry (a coalesced job's segments' together); 1 for
+    kwargs that cannot be read (the job still fails on its own)."""
+    try:
+        segments = segments_of(kwargs)
+    except ValueError:
+        return 1
+    parts = [kw for _, kw in segments] if segments is not None else [kwargs]
+    total = 0
+    for part in parts:
+        inputs = part.get("inputs")
+        total += len(inputs) if isinstance(inputs, list) else 1
+    return total
+
+
 LOAD_ERROR_TTL_S = 3600
 """How long a load error stays readable; each failed attempt renews it."""
 

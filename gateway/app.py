@@ -67,6 +67,7 @@ def create_app(
                     cache_url=settings.cache_url,
                     max_connections=settings.redis_max_connections,
                     pool_timeout_s=settings.redis_pool_timeout_s,
+                    coalesce=settings.coalesce,
                 )
                 stack.push_async_callback(opened.close)
                 _attach(app, opened, settings)

@@ -35,14 +35,17 @@ from contract.jobs import (
     ERROR_META_KEY,
     INTERACTIVE,
     PREDICT_FUNC,
+    SEGMENTS,
     SYNC_FAILURE_TTL_S,
     SYNC_RESULT_TTL_S,
     JobPayload,
     Keys,
     Reply,
+    group_kwargs,
     job_result,
 )
 from gateway.admission import Admission
+from gateway.coalesce import Coalescer, Entry
 from gateway.connections import Connections, redis_errors
 from gateway.errors import (
     GatewayError,
@@ -84,6 +87,20 @@ removing it there is what makes it canceled, in one atomic step. With a TTL of 0
 whose caller gave up) the job is deleted instead of kept as canceled. With a fourth argument,
 only while at most that many gateways wait for its reply (a replica's joiner keeps it). The
 chunks a large job finished go with it."""
+
+_CANCEL_SEGMENT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' then return status or 'unknown' end
+if ARGV[2] and redis.call('SCARD', KEYS[2]) > tonumber(ARGV[2]) then
+  return 'awaited elsewhere'
+end
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[1])
+return 'canceled'
+"""
+"""Withdraw one request from a coalesced job no worker has started: its cancel key, which the
+worker reads in the transaction that starts the job (after it, the job is no longer queued),
+makes the worker skip it. With a second argument, only while at most that many gateways wait
+for its reply."""
 
 ENDED_REGISTRIES = (FinishedJobRegistry, FailedJobRegistry, CanceledJobRegistry)
 """Where RQ lists a job that has ended, by queue."""
@@ -156,6 +173,7 @@ class Dispatcher:
         max_connections: int = 32,
         pool_timeout_s: float = 5.0,
         connect_timeout_s: float = 1.0,
+        coalesce: bool = True,
     ) -> None:
         self.keys = keys
         self.connections = Connections(
@@ -173,11 +191,16 @@ class Dispatcher:
         self._cancel = self.conn.register_script(_CANCEL)
         self._claim = self.conn.register_script(_CLAIM)
         self._delete = self.conn.register_script(_DELETE)
+        self._cancel_segment = self.conn.register_script(_CANCEL_SEGMENT)
+        self.coalescer = Coalescer(self._write) if coalesce else None
+        """Groups concurrent sync requests per model into one job (see gateway.coalesce)."""
         self._queues: dict[str, Queue] = {}
         self.withdrawn = 0
         """Sync jobs withdrawn from their queue because their client went away."""
 
     async def close(self) -> None:
+        if self.coalescer is not None:
+            await self.coalescer.close()
         await self.listener.stop()
         await self.connections.close()
 
@@ -253,16 +276,17 @@ class Dispatcher:
         submit: ModelSpec | None = None,
     ) -> dict[str, Any]:
         future = self.listener.expect(job_id)
+        entry = Entry(job_id, payload)
         try:
             if submit is not None:
-                await self._submit_sync(submit, payload, job_id)
+                await self._submit_sync(submit, entry)
             assert payload.deadline is not None
             remaining = payload.deadline - time.time()
             try:
                 reply = await asyncio.wait_for(asyncio.shield(future), max(0.01, remaining))
             except TimeoutError:
                 if owner:
-                    await self._abandon(job_id, model)
+                    await self._abandon(entry, model)
                 raise InferenceTimeout(
                     f"no result within the model's timeout ({job_id})", job_id=job_id
                 ) from None
@@ -270,7 +294,12 @@ class Dispatcher:
             # The client went away (gateway.disconnect): withdraw the job unless another
             # request, here or on a replica, waits for the same job.
             if owner and not self.listener.others_wait(job_id, future):
-                self.withdrawn += await self.withdraw(job_id, model)
+                if submit is not None and not entry.sent:
+                    self.withdrawn += 1  # left before it was written: nothing to take back
+                elif entry.group is not None:
+                    self.withdrawn += await self._withdraw_segment(entry, 1) == "canceled"
+                else:
+                    self.withdrawn += await self.withdraw(job_id, model)
             raise
         finally:
             self.listener.forget(job_id, future)
@@ -283,17 +312,53 @@ class Dispatcher:
             raise InferenceFailed("the worker replied without a result", job_id=reply.job_id)
         return reply.result
 
-    async def _submit_sync(self, spec: ModelSpec, payload: JobPayload, job_id: str) -> None:
-        replies = self.keys.replies(job_id)
-        ttl = self._keys_ttl(spec, payload)
+    async def _submit_sync(self, spec: ModelSpec, entry: Entry) -> None:
+        if self.coalescer is None:
+            entry.sent = True
+            await self._write(spec, [entry])
+        else:
+            await self.coalescer.submit(spec, entry)
+
+    async def _write(self, spec: ModelSpec, group: list[Entry]) -> None:
+        """Write sync requests' work in one transaction: one plain job for a request alone, one
+        coalesced job of segments for several (``entry.group`` names it); each request's
+        replies set names this gateway's inbox."""
         async with redis_errors():
             await self._rq_server_version()  # before RQ's code runs, or it asks synchronously
-            commands = self._job_commands(spec, payload, job_id, {}, SYNC_RESULT_TTL_S)
-            commands += [
-                (("SADD", replies, self.listener.inbox), {}),
-                (("EXPIRE", replies, ttl), {}),
-            ]
+            if len(group) == 1:
+                first = group[0]
+                commands = self._job_commands(
+                    spec, first.payload, first.job_id, {}, SYNC_RESULT_TTL_S
+                )
+            else:
+                commands = self._group_commands(spec, group)
+            for entry in group:
+                replies = self.keys.replies(entry.job_id)
+                commands += [
+                    (("SADD", replies, self.listener.inbox), {}),
+                    (("EXPIRE", replies, self._keys_ttl(spec, entry.payload)), {}),
+                ]
             await self._send(commands)
+
+    def _group_commands(self, spec: ModelSpec, group: list[Entry]) -> list[tuple[Any, Any]]:
+        """The commands of one coalesced job carrying ``group``'s requests as segments."""
+        assert group[0].group is not None
+        payloads = [entry.payload for entry in group]
+        return self._rq_commands(
+            spec,
+            group[0].group,
+            group_kwargs([(entry.job_id, entry.payload) for entry in group]),
+            timeout=max(self._job_timeout(spec, p) for p in payloads),
+            ttl=max(self._keys_ttl(spec, p) for p in payloads),
+            meta={
+                "request_id": payloads[0].request_id,
+                "model": spec.name,
+                SEGMENTS: len(group),
+            },
+            result_ttl_s=SYNC_RESULT_TTL_S,
+            lane=INTERACTIVE,
+            at_front=payloads[0].priority == "high",
+        )
 
     async def _send(self, commands: list[tuple[Any, Any]]) -> None:
         """Send commands recorded from RQ's own code in one async transaction."""
@@ -428,23 +493,48 @@ class Dispatcher:
         result_ttl_s: int,
         lane: str = INTERACTIVE,
     ) -> list[tuple[Any, Any]]:
+        """The commands RQ's own enqueue would send for one request's job."""
+        return self._rq_commands(
+            spec,
+            job_id,
+            payload.to_kwargs(),
+            timeout=self._job_timeout(spec, payload),
+            ttl=self._keys_ttl(spec, payload) if payload.deadline else None,
+            meta={"request_id": payload.request_id, "model": spec.name, **meta},
+            result_ttl_s=result_ttl_s,
+            lane=lane,
+            at_front=payload.priority == "high",
+        )
+
+    def _rq_commands(
+        self,
+        spec: ModelSpec,
+        job_id: str,
+        kwargs: dict[str, Any],
+        *,
+        timeout: int,
+        ttl: int | None,
+        meta: dict[str, Any],
+        result_ttl_s: int,
+        lane: str,
+        at_front: bool,
+    ) -> list[tuple[Any, Any]]:
         """The commands RQ's own enqueue would send, recorded instead of sent, so the event loop
         writes them in one async round trip with no thread and no blocking call."""
         queue = self._queue(spec.name, lane)
-        timeout = self._job_timeout(spec, payload)
         sync = result_ttl_s == SYNC_RESULT_TTL_S
         job = queue.create_job(
             PREDICT_FUNC,
-            kwargs=payload.to_kwargs(),
+            kwargs=kwargs,
             timeout=timeout,
             result_ttl=result_ttl_s,
             failure_ttl=SYNC_FAILURE_TTL_S if sync else result_ttl_s,
-            ttl=self._keys_ttl(spec, payload) if payload.deadline else None,
+            ttl=ttl,
             job_id=job_id,
-            meta={"request_id": payload.request_id, "model": spec.name, **meta},
+            meta=meta,
         )
         recorder = self.sync.pipeline(transaction=False)
-        queue.enqueue_job(job, pipeline=recorder, at_front=payload.priority == "high")
+        queue.enqueue_job(job, pipeline=recorder, at_front=at_front)
         commands = list(recorder.command_stack)
         recorder.reset()
         return commands
@@ -463,8 +553,36 @@ class Dispatcher:
             return await self.cancel_queued(job_id, queue, SYNC_RESULT_TTL_S, 1) == "canceled"
         return False
 
-    async def _abandon(self, job_id: str, model: str) -> None:
-        """Best effort: delete the job if still queued; a worker also skips it past deadline
-        (and replies, which deletes it)."""
+    async def _withdraw_segment(self, entry: Entry, awaited_by: int | None) -> str:
+        """Withdraw one request from the coalesced job that carries it, unless a worker has
+        started that job; best effort, like ``withdraw``."""
+        assert entry.group is not None
+        ttl = self._keys_ttl_of(entry.payload)
+        keys = [
+            Job.key_for(entry.group),
+            self.keys.replies(entry.job_id),
+            self.keys.cancel(entry.job_id),
+        ]
+        args: list[str | int] = [ttl]
+        if awaited_by is not None:
+            args.append(awaited_by)
         with contextlib.suppress(GatewayError, RedisError, OSError):
-            await self.cancel_queued(job_id, self.keys.queue(model), SYNC_RESULT_TTL_S)
+            async with redis_errors():
+                outcome = await self._cancel_segment(keys=keys, args=args)
+            return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+        return "unknown"
+
+    @staticmethod
+    def _keys_ttl_of(payload: JobPayload) -> int:
+        left = (payload.deadline or time.time()) - time.time()
+        return max(1, int(left)) + GRACE_S
+
+    async def _abandon(self, entry: Entry, model: str) -> None:
+        """Best effort: delete the job if still queued (or withdraw the request from the
+        coalesced job carrying it); a worker also skips it past deadline (and replies, which
+        deletes it)."""
+        if entry.group is not None:
+            await self._withdraw_segment(entry, None)
+            return
+        with contextlib.suppress(GatewayError, RedisError, OSError):
+            await self.cancel_queued(entry.job_id, self.keys.queue(model), SYNC_RESULT_TTL_S)

@@ -29,6 +29,10 @@ class GatewaySettings(CommonSettings):
     api_keys_file: str | None = None
     """A file of SHA-256 key hashes, one a line."""
 
+    coalesce: bool = True
+    """Send concurrent sync requests for one model to its workers as one job (each request
+    keeps its own result, error, deadline and cancel); off: one job per request."""
+
     redis_max_connections: int = Field(default=32, gt=0, le=10_000)
     """Connections per pool (jobs, cache) of one gateway process; a request that finds them all
     busy waits for one, up to ``redis_pool_timeout_s``, then gets 429."""

@@ -23,6 +23,7 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import CanceledJobRegistry
+from rq.results import Result
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
@@ -30,14 +31,17 @@ from rq.worker import SimpleWorker, WorkerStatus
 from contract.cache import entry, item_key
 from contract.jobs import (
     BULK,
+    ERR_INFERENCE_FAILED,
     ERROR_META_KEY,
     INTERACTIVE,
     PRESENCE_TTL_S,
     Keys,
+    inputs_count,
     is_oom,
     is_sync,
     job_result,
     lane_of,
+    segments_of,
 )
 from contract.recent import Tally
 from workers.chunks import RedisChunks
@@ -49,6 +53,7 @@ from workers.tasks import (
     JobLike,
     MemoryChunks,
     Outcome,
+    Part,
     Runner,
     run_chunked,
     run_jobs,
@@ -129,12 +134,19 @@ class Batch:
     """Of those, the chunks that rode along an interactive batch."""
     stores: dict[str, RedisChunks] = field(default_factory=dict)
     """The chunk stores of the batch's large async jobs."""
+    withdrawn: set[str] = field(default_factory=set)
+    """Segments of its coalesced jobs whose callers went away before the batch started."""
 
 
 def _queue_ms(job: Job) -> float:
     if job.enqueued_at is None or job.started_at is None:
         return 0.0
     return max(0.0, (job.started_at - job.enqueued_at).total_seconds() * 1000)
+
+
+def _error_of(error: InferenceError | None) -> InferenceError:
+    """A failed outcome's error (a model call that returned nothing has none of its own)."""
+    return error or InferenceError(ERR_INFERENCE_FAILED, "the model returned no output")
 
 
 class BatchingWorker(SimpleWorker):
@@ -272,7 +284,7 @@ class BatchingWorker(SimpleWorker):
                 self.interactive_at = time.monotonic()
             # A transaction that raised may still have been applied (Redis stopping after EXEC):
             # replaying it is harmless; giving up would leave jobs STARTED by a live worker.
-            executions = self._retrying(lambda: self._start(batch.jobs, queue))
+            executions = self._retrying(lambda: self._start(batch))
             outcomes, elapsed_ms = self._run(batch)
             self._retrying(lambda: self._finish(batch, executions, outcomes, elapsed_ms))
         except REDIS_REFUSING as err:
@@ -302,10 +314,10 @@ class BatchingWorker(SimpleWorker):
         total = 0
         for job in jobs:
             try:
-                inputs = job.kwargs.get("inputs")
+                kwargs = job.kwargs
             except Exception:  # an undecodable job still counts once; run_jobs fails it
-                inputs = None
-            total += len(inputs) if isinstance(inputs, list) else 1
+                kwargs = None
+            total += inputs_count(kwargs) if isinstance(kwargs, dict) else 1
         return total
 
     def _collect(self, first: Job, queue: Queue) -> list[Job]:
@@ -392,7 +404,11 @@ class BatchingWorker(SimpleWorker):
             )
             return [got.decode()] if got is not None else []
 
-    def _start(self, jobs: list[Job], queue: Queue) -> list[Execution]:
+    def _start(self, batch: Batch) -> list[Execution]:
+        """The batch's jobs STARTED, in one transaction that also reads which segments of its
+        coalesced jobs were withdrawn (their callers went away) into ``batch.withdrawn``."""
+        jobs, queue = batch.jobs, batch.queue
+        segment_ids = [s for job in jobs for s in self._segment_ids(job)]
         executions = []
         with self.connection.pipeline() as pipe:
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
@@ -407,8 +423,20 @@ class BatchingWorker(SimpleWorker):
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
                 pipe.delete(self.keys.seen(job.id))
             self.heartbeat(self.get_heartbeat_ttl(jobs[0]), pipeline=pipe)
-            pipe.execute()
+            if segment_ids:
+                pipe.mget([self.keys.cancel(s) for s in segment_ids])
+            replies = pipe.execute()
+        if segment_ids:
+            batch.withdrawn = {s for s, v in zip(segment_ids, replies[-1], strict=True) if v}
         return executions
+
+    @staticmethod
+    def _segment_ids(job: Job) -> list[str]:
+        try:
+            segments = segments_of(job.kwargs)
+        except Exception:  # unreadable: the job fails as it runs
+            return []
+        return [seg_id for seg_id, _ in segments or []]
 
     def _run(self, batch: Batch) -> tuple[list[Outcome], float]:
         # A batch may run as long as its longest job may (the gateway scales a large job's
@@ -437,7 +465,24 @@ class BatchingWorker(SimpleWorker):
         large = [i for i, job in enumerate(jobs) if self._items([job]) > size]
         small = [i for i in range(len(jobs)) if i not in large]
         outcomes: list[Outcome] = [Outcome() for _ in jobs]
-        together: list[JobLike] = [cast(JobLike, jobs[i]) for i in small]
+        together: list[JobLike] = []
+        # Per small job: its index in ``together``, or a coalesced job's segments, each with
+        # its index there (None: withdrawn, not run).
+        parts: list[int | list[tuple[str, int | None]]] = []
+        for i in small:
+            segments = self._segments(jobs[i])
+            if segments is None:
+                parts.append(len(together))
+                together.append(cast(JobLike, jobs[i]))
+                continue
+            placed: list[tuple[str, int | None]] = []
+            for segment in segments:
+                if segment.id in batch.withdrawn:
+                    placed.append((segment.id, None))
+                else:
+                    placed.append((segment.id, len(together)))
+                    together.append(segment)
+            parts.append(placed)
         ridden = None
         if riding is not None:
             together.append(riding)
@@ -447,11 +492,33 @@ class BatchingWorker(SimpleWorker):
             batch.items += self._items([jobs[i] for i in small])
             if riding is not None:
                 ridden = results.pop()
-            for i, outcome in zip(small, results, strict=True):
-                outcomes[i] = outcome
+        else:
+            results = []
+        for i, where in zip(small, parts, strict=True):
+            if isinstance(where, int):
+                outcomes[i] = results[where]
+                continue
+            outcomes[i] = Outcome(
+                segments=[
+                    (seg_id, Outcome(canceled=True) if at is None else results[at])
+                    for seg_id, at in where
+                ]
+            )
         for i in large:
             outcomes[i] = self._run_large(jobs[i], batch)
         return outcomes, ridden
+
+    @staticmethod
+    def _segments(job: Job) -> list[Part] | None:
+        """A coalesced job's segments, each run as a job of its own; None for any other job
+        (one whose segments cannot be read runs as itself, and fails as unreadable)."""
+        try:
+            segments = segments_of(job.kwargs)
+        except Exception:
+            return None
+        if segments is None:
+            return None
+        return [Part(seg_id, job.func_name or "", kwargs) for seg_id, kwargs in segments]
 
     def _call(self, jobs: Sequence[JobLike]) -> tuple[list[Outcome], float]:
         """One model call (or as few as the jobs' parameters allow), timed and learnt from."""
@@ -558,7 +625,7 @@ class BatchingWorker(SimpleWorker):
         counted as any interactive batch."""
         lane = self.interactive
         batch = Batch(jobs, lane, INTERACTIVE)
-        executions = self._retrying(lambda: self._start(jobs, lane))
+        executions = self._retrying(lambda: self._start(batch))
         started = time.perf_counter()
         try:
             outcomes, ridden = self._run_jobs(batch, riding)
@@ -585,6 +652,12 @@ class BatchingWorker(SimpleWorker):
         self._cache(outcomes)
         with self.connection.pipeline() as pipe:
             for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
+                if outcome.segments is not None:
+                    job.ended_at = ended
+                    self._answer_segments(
+                        job, execution, outcome.segments, pipe, elapsed_ms, largest
+                    )
+                    continue
                 if outcome.canceled:
                     self._cancel(job, execution, batch.stores[job.id], pipe)
                     continue
@@ -595,14 +668,7 @@ class BatchingWorker(SimpleWorker):
                     if is_sync(job.result_ttl):
                         self._reply_failure(job, execution, outcome.error, pipe)
                     continue
-                value = job_result(
-                    outcome.value,
-                    self.fingerprint,
-                    elapsed_ms,
-                    min(largest, self.policy.max_size),
-                    _queue_ms(job),
-                    outcome.tokens,
-                )
+                value = self._result(outcome.value, outcome, elapsed_ms, largest, _queue_ms(job))
                 self._record_success(job, execution, value, pipe)
             self._count(pipe, batch, outcomes, items, elapsed_ms)
             pipe.execute()
@@ -612,6 +678,50 @@ class BatchingWorker(SimpleWorker):
         self._log_done(batch, outcomes, items, elapsed_ms)
         if self.on_batch is not None:
             self.on_batch(items)
+
+    def _result(
+        self, value: list[Any], outcome: Outcome, elapsed_ms: float, largest: int, queue_ms: float
+    ) -> dict[str, Any]:
+        """A job's (or a segment's) result: its outputs and how the batch computed them."""
+        batch_items = min(largest, self.policy.max_size)
+        return job_result(
+            value, self.fingerprint, elapsed_ms, batch_items, queue_ms, outcome.tokens
+        )
+
+    def _answer_segments(
+        self,
+        job: Job,
+        execution: Execution,
+        segments: list[tuple[str, Outcome]],
+        pipe: Any,
+        elapsed_ms: float,
+        largest: int,
+    ) -> None:
+        """A coalesced job ended: each segment's callers get that segment's own result or
+        error (one failing segment never fails its neighbours), and nothing of the job stays,
+        as for any sync job. A withdrawn segment's caller is gone: it gets no reply."""
+        queue_ms = _queue_ms(job)
+        failed = 0
+        for seg_id, outcome in segments:
+            if outcome.canceled:
+                pipe.delete(self.keys.replies(seg_id), self.keys.cancel(seg_id))
+                continue
+            if outcome.error is not None or outcome.value is None:
+                error = _error_of(outcome.error)
+                self.log.warning("job %s segment %s failed: %s", job.id, seg_id, error)
+                self.replier.notify(
+                    pipe, seg_id, error={"code": error.code, "message": error.message}
+                )
+                failed += 1
+                continue
+            value = self._result(outcome.value, outcome, elapsed_ms, largest, queue_ms)
+            self.replier.notify(pipe, seg_id, result=value)
+        if failed:
+            self.increment_failed_job_count(pipeline=pipe)
+        else:
+            self.increment_successful_job_count(pipeline=pipe)
+        pipe.delete(job.key, Result.get_key(job.id), self.keys.replies(job.id))
+        self.cleanup_execution(job, pipeline=pipe, execution=execution)
 
     def _count(
         self, pipe: Any, batch: Batch, outcomes: list[Outcome], items: int, elapsed_ms: float
@@ -623,19 +733,21 @@ class BatchingWorker(SimpleWorker):
         jobs, lane = batch.jobs, batch.lane
         calls = batch.calls or [(items, elapsed_ms)]  # none noted: the batch timed out
         both = Tally()  # counted alike in the model's counters and in its recent bucket
+        requests = [len(o.segments) if o.segments is not None else 1 for o in outcomes]
         both.add("batches", len(calls))
-        both.add("jobs", len(jobs))
+        both.add("jobs", sum(requests))  # a coalesced job's segments count one by one
         both.add("items", sum(n for n, _ in calls))  # what the model computed
-        both.add(f"jobs_{lane}", len(jobs))
+        both.add(f"jobs_{lane}", sum(requests))
         both.add(f"items_{lane}", batch.items if batch.calls else items)
         stats, recent = Tally(both.counts.copy()), Tally(both.counts.copy())
         for size, ms in calls:
             stats.add(f"batch_size:{size}")
             recent.time("compute", ms)
-        for job, outcome in zip(jobs, outcomes, strict=True):
+        for job, outcome, n in zip(jobs, outcomes, requests, strict=True):
             waited = _queue_ms(job)
-            stats.time(f"wait_{lane}", waited)
-            recent.time(f"wait_{lane}", waited)
+            for _ in range(n):
+                stats.time(f"wait_{lane}", waited)
+                recent.time(f"wait_{lane}", waited)
             if outcome.error is not None and not is_sync(job.result_ttl):
                 recent.add(f"failed:{outcome.error.code}")
         stats.increment(pipe, self.keys.stats(self.model))
@@ -649,7 +761,17 @@ class BatchingWorker(SimpleWorker):
     ) -> None:
         for job, outcome in zip(batch.jobs, outcomes, strict=True):
             chunks = batch.chunks.get(job.id)
-            if outcome.canceled:
+            if outcome.segments is not None:
+                self.log.info(
+                    "job %s done: %d coalesced requests (%d withdrawn) in a batch of %d, %.1f ms",
+                    job.id,
+                    len(outcome.segments),
+                    sum(o.canceled for _, o in outcome.segments),
+                    items,
+                    elapsed_ms,
+                    extra={"job_id": job.id, "model": self.model},
+                )
+            elif outcome.canceled:
                 self.log.info("job %s canceled between two chunks, after %d", job.id, chunks)
             elif outcome.error is None:
                 request_id = outcome.payload.request_id if outcome.payload else ""
@@ -674,7 +796,8 @@ class BatchingWorker(SimpleWorker):
     def _cache(self, outcomes: list[Outcome]) -> None:
         """Store each computed item in the response cache (its own Redis when configured)."""
         entries: dict[str, tuple[bytes, int]] = {}
-        for outcome in outcomes:
+        flat = [part for o in outcomes for _, part in (o.segments or [("", o)])]
+        for outcome in flat:
             payload = outcome.payload
             if payload is None or payload.cache_ttl_s <= 0 or not outcome.value:
                 continue
@@ -738,7 +861,7 @@ class BatchingWorker(SimpleWorker):
         self, job: Job, execution: Execution, error: InferenceError | None, pipe: Any
     ) -> None:
         """A sync job's failure goes to its caller's inbox; nothing of the job stays."""
-        error = error or InferenceError("inference_failed", "the model returned no output")
+        error = _error_of(error)
         self.log.warning("job %s failed: %s", job.id, error)
         self.increment_failed_job_count(pipeline=pipe)
         self.replier.answer(pipe, job, error={"code": error.code, "message": error.message})

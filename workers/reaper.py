@@ -39,6 +39,16 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 10
 """
 
 
+_SEEN = """
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return nil end
+redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', 300)
+return redis.call('GET', KEYS[2])
+"""
+"""When a job still in the intermediate list was first seen there (noted now if it was not):
+checked and noted in one step, so a job its worker starts meanwhile (which deletes the note)
+leaves no note behind."""
+
+
 class Reaper:
     """Finds and recovers one model's jobs that belong to dead workers."""
 
@@ -52,6 +62,7 @@ class Reaper:
             for lane in LANES
         ]
         self._live = connection.register_script(_LIVE)
+        self._seen = connection.register_script(_SEEN)
         self.replier = Replier(connection, keys)
 
     def run_once(self) -> int:
@@ -93,9 +104,10 @@ class Reaper:
         for raw in self.connection.lrange(key, 0, -1):
             job_id = raw.decode()
             seen_key = self.keys.seen(job_id)
-            self.connection.set(seen_key, now, nx=True, ex=300)
-            first_seen = float(self.connection.get(seen_key) or now)
-            if now - first_seen < ORPHAN_AFTER_S:
+            seen = self._seen(keys=[key, seen_key], args=[job_id, now])
+            if seen is None:
+                continue  # started (or put back) since the list was read
+            if now - float(seen) < ORPHAN_AFTER_S:
                 continue
             with self.connection.pipeline() as pipe:
                 pipe.lrem(key, 1, job_id)

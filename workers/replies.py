@@ -22,7 +22,7 @@ from redis import Redis
 from rq.job import Job
 from rq.results import Result
 
-from contract.jobs import INBOX_TTL_S, Keys, reply_fields
+from contract.jobs import INBOX_TTL_S, Keys, reply_fields, segments_of
 
 # The inboxes are read from the set, so they cannot be declared in KEYS: fine on a standalone
 # Redis or Sentinel, not on Redis Cluster (which modelgate does not support).
@@ -67,6 +67,16 @@ class Replier:
         error: dict[str, str] | None = None,
     ) -> None:
         """Give a sync job's callers its result or error, and delete what RQ stored for it (the
-        execution records are the worker's to clean, with ``cleanup_execution``)."""
-        self.notify(pipe, job.id, result=result, error=error)
+        execution records are the worker's to clean, with ``cleanup_execution``). A coalesced
+        job's error goes to each of its segments' callers (a job that failed whole: it timed
+        out, or its worker died twice)."""
+        try:
+            segments = segments_of(job.kwargs)
+        except Exception:
+            segments = None
+        if segments is not None and result is None:
+            for seg_id, _ in segments:
+                self.notify(pipe, seg_id, error=error)
+        else:
+            self.notify(pipe, job.id, result=result, error=error)
         pipe.delete(job.key, Result.get_key(job.id), self.keys.replies(job.id))

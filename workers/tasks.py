@@ -72,7 +72,10 @@ class Outcome:
     tokens: list[int] | None = None
     """Tokens of each input, by the model's tokenizer, once it succeeded."""
     canceled: bool = False
-    """A job run in chunks stopped between two of them because a client canceled it."""
+    """A job run in chunks stopped between two of them because a client canceled it (or a
+    coalesced job's segment whose caller went away before it ran)."""
+    segments: list[tuple[str, Outcome]] | None = None
+    """A coalesced job's outcome: each segment's id and own Outcome."""
 
 
 class InputTooLong(ValueError):
@@ -131,8 +134,9 @@ def run_jobs(engine: Runner, jobs: Sequence[JobLike], now: float | None = None) 
 
 
 @dataclass(frozen=True)
-class _Chunk:
-    """Part of a job's inputs, run as a job of its own."""
+class Part:
+    """A job's inputs, or some of them, run as a job of their own: a chunk of a large job, or
+    one segment (one request) of a coalesced job."""
 
     id: str
     func_name: str
@@ -209,9 +213,7 @@ class ChunkedRun:
         """The next ``n`` inputs (fewer at the end) as a job of their own."""
         assert self.payload is not None
         inputs = self.payload.inputs[self.pos : self.pos + max(1, n)]
-        return _Chunk(
-            self.job.id, self.job.func_name, {**self.payload.to_kwargs(), "inputs": inputs}
-        )
+        return Part(self.job.id, self.job.func_name, {**self.payload.to_kwargs(), "inputs": inputs})
 
     def record(self, part: Outcome) -> None:
         """The outcome of the chunk :meth:`next_chunk` last gave: saved, or the job failed."""
