@@ -51,6 +51,20 @@ BULK_SUFFIX = ":bulk"
 """How a bulk lane's queue name ends."""
 
 
+RQ_SERIES = (3, 0)
+"""The RQ release series (major, minor) that the gateway's and the workers' RQ adapters
+(``gateway.rqadapter``, ``workers.rqadapter``) were written against; pyproject pins it."""
+
+RQ_QUEUE_PREFIX = "rq:queue:"
+"""Where RQ keeps a queue's list of job ids (``Queue.redis_queue_namespace_prefix``; a test
+pins it to the RQ version installed)."""
+
+
+def queue_key(queue_name: str) -> str:
+    """The Redis key of an RQ queue's list of job ids."""
+    return RQ_QUEUE_PREFIX + queue_name
+
+
 def lane_of(queue_name: str) -> str:
     """The lane of an RQ queue name (or key) that :meth:`Keys.queue` made."""
     return BULK if queue_name.endswith(BULK_SUFFIX) else INTERACTIVE
@@ -68,6 +82,14 @@ class Keys:
         if lane == BULK:
             return f"{self.prefix}:{model}{BULK_SUFFIX}"
         return f"{self.prefix}:{model}"
+
+    def queue_key(self, model: str, lane: str = INTERACTIVE) -> str:
+        """The Redis key of a model's lane: the list of its queued job ids."""
+        return queue_key(self.queue(model, lane))
+
+    def reaper_lock(self, model: str) -> str:
+        """Held for a moment by the one worker of a model that is recovering lost jobs."""
+        return f"{self.prefix}:reaper:{model}"
 
     def cancel(self, job_id: str) -> str:
         """Set when a client cancels a job a worker is running in chunks: the worker stops it
@@ -284,7 +306,15 @@ class Reply:
 ERROR_META_KEY = "error"
 """job.meta key where a worker stores a failed job's ``{"code", "message"}``."""
 
+RECOVERIES_META_KEY = "recoveries"
+"""job.meta key counting how often the reaper requeued a job whose worker died."""
+
+SEGMENTS_META_KEY = "segments"
+"""job.meta key of a coalesced job: how many requests it carries."""
+
 ERR_INFERENCE_FAILED = "inference_failed"
+ERR_INFERENCE_TIMEOUT = "inference_timeout"
+"""A batch ran past its job's ``timeout`` (the worker's own limit, not the caller's deadline)."""
 ERR_DEADLINE_EXCEEDED = "deadline_exceeded"
 ERR_FORBIDDEN_FUNC = "forbidden_function"
 ERR_BAD_PAYLOAD = "invalid_job"

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aredis
-from rq.queue import Queue
 
 from contract.config import ModelSpec
 from contract.jobs import BULK, INTERACTIVE, PRESENCE_TTL_S, Keys
@@ -59,15 +58,12 @@ class Admission:
         self._live = conn.register_script(_LIVE)
         self._live_names = conn.register_script(_LIVE_NAMES)
 
-    def _queue_key(self, model: str, lane: str) -> str:
-        return Queue.redis_queue_namespace_prefix + self.keys.queue(model, lane)
-
     async def load(self, model: str) -> ModelLoad:
         keys = [
             self.keys.presence(model),
-            self._queue_key(model, INTERACTIVE),
+            self.keys.queue_key(model, INTERACTIVE),
             self.keys.fingerprints(model),
-            self._queue_key(model, BULK),
+            self.keys.queue_key(model, BULK),
         ]
         async with redis_errors():
             live, depth, fps, bulk = await self._live(keys=keys)

@@ -29,13 +29,14 @@ from contract.config import ModelSpec
 from contract.jobs import (
     BULK,
     ERR_DEADLINE_EXCEEDED,
+    ERR_INFERENCE_TIMEOUT,
     ERR_INPUT_TOO_LONG,
     ERR_INVALID_INPUT,
     ERR_WORKER_LOST,
     ERROR_META_KEY,
     INTERACTIVE,
     PREDICT_FUNC,
-    SEGMENTS,
+    SEGMENTS_META_KEY,
     SYNC_FAILURE_TTL_S,
     SYNC_RESULT_TTL_S,
     JobPayload,
@@ -44,6 +45,7 @@ from contract.jobs import (
     group_kwargs,
     job_result,
 )
+from contract.jobs import queue_key as contract_queue_key
 from gateway.admission import Admission
 from gateway.coalesce import Coalescer, Entry
 from gateway.connections import Connections, redis_errors
@@ -56,6 +58,7 @@ from gateway.errors import (
     WorkerLost,
 )
 from gateway.replies import ReplyListener
+from gateway.rqadapter import Commands, knows_server_version, recorded, tell_server_version
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -148,7 +151,7 @@ RESULT_TTL_S = 24 * 3600
 
 ERROR_CODES_BY_WORKER_CODE: dict[str, type[GatewayError]] = {
     ERR_DEADLINE_EXCEEDED: InferenceTimeout,
-    "inference_timeout": InferenceTimeout,
+    ERR_INFERENCE_TIMEOUT: InferenceTimeout,
     ERR_INPUT_TOO_LONG: PayloadTooLarge,
     ERR_INVALID_INPUT: InvalidInput,
     ERR_WORKER_LOST: WorkerLost,
@@ -226,7 +229,7 @@ class Dispatcher:
             await self._send(commands + self._remember(job_id, result_ttl_s))
         return job_id
 
-    def _remember(self, job_id: str, ttl_s: int) -> list[tuple[Any, Any]]:
+    def _remember(self, job_id: str, ttl_s: int) -> Commands:
         """List an async job among the recent ones (the dashboard's), keeping the newest."""
         key = self.keys.recent_jobs()
         return [
@@ -340,7 +343,7 @@ class Dispatcher:
                 ]
             await self._send(commands)
 
-    def _group_commands(self, spec: ModelSpec, group: list[Entry]) -> list[tuple[Any, Any]]:
+    def _group_commands(self, spec: ModelSpec, group: list[Entry]) -> Commands:
         """The commands of one coalesced job carrying ``group``'s requests as segments."""
         assert group[0].group is not None
         payloads = [entry.payload for entry in group]
@@ -353,14 +356,14 @@ class Dispatcher:
             meta={
                 "request_id": payloads[0].request_id,
                 "model": spec.name,
-                SEGMENTS: len(group),
+                SEGMENTS_META_KEY: len(group),
             },
             result_ttl_s=SYNC_RESULT_TTL_S,
             lane=INTERACTIVE,
             at_front=payloads[0].priority == "high",
         )
 
-    async def _send(self, commands: list[tuple[Any, Any]]) -> None:
+    async def _send(self, commands: Commands) -> None:
         """Send commands recorded from RQ's own code in one async transaction."""
         pipe = self.conn.pipeline(transaction=True)
         for args, options in commands:
@@ -391,14 +394,15 @@ class Dispatcher:
         )
         job.origin = queue.name
         job.enqueued_at = job.started_at = job.ended_at = rq_now()
-        recorder = self.sync.pipeline(transaction=False)
-        job.set_status(JobStatus.FINISHED, pipeline=recorder)
-        job.save(pipeline=recorder)
         result = job_result(outputs, "cache", 0.0, 0, tokens=tokens)
-        Result.create(job, Result.Type.SUCCESSFUL, ttl_s, return_value=result, pipeline=recorder)
-        recorder.expire(job.key, ttl_s)
-        commands = list(recorder.command_stack) + self._remember(job_id, ttl_s)
-        recorder.reset()
+
+        def finished(pipe: Any) -> None:
+            job.set_status(JobStatus.FINISHED, pipeline=pipe)
+            job.save(pipeline=pipe)
+            Result.create(job, Result.Type.SUCCESSFUL, ttl_s, return_value=result, pipeline=pipe)
+            pipe.expire(job.key, ttl_s)
+
+        commands = recorded(self.sync, finished) + self._remember(job_id, ttl_s)
         async with redis_errors():
             await self._send(commands)
         return job_id
@@ -425,7 +429,7 @@ class Dispatcher:
     ) -> str:
         """Cancel a job no worker has taken yet, atomically; returns "canceled" or why not.
         With ``awaited_by``, only while at most that many gateways wait for its reply."""
-        queue_key = Queue.redis_queue_namespace_prefix + queue_name
+        queue_key = contract_queue_key(queue_name)
         keys = [
             Job.key_for(job_id),
             queue_key,
@@ -445,7 +449,7 @@ class Dispatcher:
         returns "deleted", "started" or "unknown"."""
         keys = [
             Job.key_for(job_id),
-            Queue.redis_queue_namespace_prefix + queue_name,
+            contract_queue_key(queue_name),
             Result.get_key(job_id),
             *(r.key_template.format(queue_name) for r in ENDED_REGISTRIES),
             self.keys.replies(job_id),
@@ -470,10 +474,9 @@ class Dispatcher:
     async def _rq_server_version(self) -> None:
         # RQ asks the server's version once per connection, synchronously; ask it here without
         # blocking the event loop and leave it where RQ caches it.
-        if getattr(self.sync, "__rq_redis_server_version", None) is None:
+        if not knows_server_version(self.sync):
             info = await self.conn.info("server")
-            version = tuple(int(p) for p in str(info["redis_version"]).split(".")[:3])
-            setattr(self.sync, "__rq_redis_server_version", version)
+            tell_server_version(self.sync, info["redis_version"])
 
     @staticmethod
     def _job_timeout(spec: ModelSpec, payload: JobPayload) -> int:
@@ -492,7 +495,7 @@ class Dispatcher:
         meta: dict[str, Any],
         result_ttl_s: int,
         lane: str = INTERACTIVE,
-    ) -> list[tuple[Any, Any]]:
+    ) -> Commands:
         """The commands RQ's own enqueue would send for one request's job."""
         return self._rq_commands(
             spec,
@@ -518,7 +521,7 @@ class Dispatcher:
         result_ttl_s: int,
         lane: str,
         at_front: bool,
-    ) -> list[tuple[Any, Any]]:
+    ) -> Commands:
         """The commands RQ's own enqueue would send, recorded instead of sent, so the event loop
         writes them in one async round trip with no thread and no blocking call."""
         queue = self._queue(spec.name, lane)
@@ -533,11 +536,9 @@ class Dispatcher:
             job_id=job_id,
             meta=meta,
         )
-        recorder = self.sync.pipeline(transaction=False)
-        queue.enqueue_job(job, pipeline=recorder, at_front=at_front)
-        commands = list(recorder.command_stack)
-        recorder.reset()
-        return commands
+        return recorded(
+            self.sync, lambda pipe: queue.enqueue_job(job, pipeline=pipe, at_front=at_front)
+        )
 
     async def failure(self, job_id: str) -> GatewayError:
         async with redis_errors():

@@ -13,10 +13,10 @@ from typing import Any
 
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
-from rq.queue import Queue
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from contract.jobs import queue_key as contract_queue_key
 from contract.tasks import shape_stored
 from gateway.connections import redis_errors
 from gateway.dispatch import Dispatcher
@@ -102,7 +102,7 @@ class JobStore:
 
     async def _position(self, job_id: str, origin: str) -> int | None:
         """Jobs ahead of this one: 0 when a worker has already taken it for its next batch."""
-        queue_key = Queue.redis_queue_namespace_prefix + origin
+        queue_key = contract_queue_key(origin)
         taken_key = IntermediateQueue.get_intermediate_queue_key(queue_key)
         async with redis_errors():
             pipe = self.conn.pipeline(transaction=False)

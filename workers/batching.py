@@ -32,6 +32,7 @@ from contract.cache import entry, item_key
 from contract.jobs import (
     BULK,
     ERR_INFERENCE_FAILED,
+    ERR_INFERENCE_TIMEOUT,
     ERROR_META_KEY,
     INTERACTIVE,
     PRESENCE_TTL_S,
@@ -44,8 +45,17 @@ from contract.jobs import (
     segments_of,
 )
 from contract.recent import Tally
+from workers import rqadapter
 from workers.chunks import RedisChunks
-from workers.lanes import BULK_LINGER_S, LINGER_S, BulkPace, LanePolicy, LaneQueue
+from workers.lanes import LaneQueue
+from workers.policy import (
+    BULK_LINGER_S,
+    LINGER_S,
+    SHARED_FOR_S,
+    BatchPolicy,
+    BulkPace,
+    LanePolicy,
+)
 from workers.replies import Replier
 from workers.tasks import (
     ChunkedRun,
@@ -92,29 +102,12 @@ def _full_as_refusal() -> Iterator[None]:
         raise
 
 
-SHARED_FOR_S = 1.0
-"""Interactive work seen this recently makes a bulk job's chunks of its own smaller."""
-
-SHARED_CHUNK_DIVISOR = 6
-"""A bulk job's chunk of its own while interactive work comes in but none waits: at least this
-fraction of ``max_batch_size`` (a request arriving meanwhile waits at most about one such chunk;
-the job's share is kept by the inputs that ride along interactive batches)."""
-
 JOB_HEARTBEAT_S = 15.0
 """How often a running bulk job's heartbeat is renewed (RQ's started-job registry takes a job
 without one for 90 s as abandoned; a large job sharing its worker may run for minutes)."""
 
 REDIS_RETRY_S = 30.0
 """How long a batch keeps retrying its start or its results while Redis is away."""
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """How large a batch may grow and how long the first job may wait for company."""
-
-    max_size: int = 32
-    max_delay_ms: float = 0.0
-    timeout_s: float = 30.0
 
 
 @dataclass
@@ -201,8 +194,8 @@ class BatchingWorker(SimpleWorker):
     def reorder_queues(self, reference_queue: Queue) -> None:
         """The lane the next batch comes from first (see :class:`workers.lanes.LanePolicy`)."""
         bulk_first = self.lanes.next_lane() == BULK
-        self._ordered_queues = sorted(
-            self.queues, key=lambda q: (lane_of(q.name) == BULK) != bulk_first
+        rqadapter.order_queues(
+            self, sorted(self.queues, key=lambda q: (lane_of(q.name) == BULK) != bulk_first)
         )
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
@@ -226,7 +219,7 @@ class BatchingWorker(SimpleWorker):
         if pipeline is not None:
             super().set_state(state, pipeline=pipeline)
             return
-        if state == self._state:
+        if state == rqadapter.state(self):
             return  # unchanged: no round trip
         with self._unless_redis_down(f"recording state {state}"):
             super().set_state(state)
@@ -275,7 +268,7 @@ class BatchingWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         # Busy from the first moment, so a SIGTERM while the batch is still being collected
         # waits for it (warm shutdown) instead of abandoning jobs taken from the queue.
-        self._state = WorkerStatus.BUSY
+        rqadapter.set_state_locally(self, WorkerStatus.BUSY)
         self.busy_since = time.monotonic()
         try:
             lane = lane_of(queue.name)
@@ -329,8 +322,7 @@ class BatchingWorker(SimpleWorker):
         its queue, for the next batch)."""
         # Wait for company only under load (the last batch had some): a request arriving alone
         # after a quiet spell runs at once, so the delay never costs a lone caller anything.
-        delay_ms = self.policy.max_delay_ms if self.last_batch_items > 1 else 0.0
-        deadline = time.monotonic() + delay_ms / 1000
+        deadline = time.monotonic() + self.policy.delay_s(self.last_batch_items)
         while (room := size - self._items(jobs)) > 0:
             ids = self._take_ids(queue, room, deadline)
             if not ids:
@@ -449,7 +441,7 @@ class BatchingWorker(SimpleWorker):
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
                 outcomes, _ = self._run_jobs(batch)
         except JobTimeoutException:
-            err = InferenceError("inference_timeout", f"the batch ran over {timeout} s")
+            err = InferenceError(ERR_INFERENCE_TIMEOUT, f"the batch ran over {timeout} s")
             outcomes = [Outcome(error=err) for _ in jobs]
         elapsed_ms = 1000 * (time.perf_counter() - started)
         self.log.debug("batch of %d jobs took %.1f ms", len(jobs), elapsed_ms)
@@ -461,8 +453,8 @@ class BatchingWorker(SimpleWorker):
         """The batch's jobs that fit a batch run together, with ``riding`` (a bulk job's chunk)
         in the same model call; a job larger than a batch runs alone, a chunk at a time. The
         batch's Outcomes, and the riding chunk's."""
-        jobs, size = batch.jobs, self.policy.max_size
-        large = [i for i, job in enumerate(jobs) if self._items([job]) > size]
+        jobs = batch.jobs
+        large = [i for i, job in enumerate(jobs) if self.policy.is_large(self._items([job]))]
         small = [i for i in range(len(jobs)) if i not in large]
         outcomes: list[Outcome] = [Outcome() for _ in jobs]
         together: list[JobLike] = []
@@ -567,12 +559,8 @@ class BatchingWorker(SimpleWorker):
                     return Outcome(payload=run.payload, canceled=True)
                 owed = self.pace.owed(time.monotonic())
                 company = self._company(self.policy.max_size - owed)
-                if company:
-                    want = owed
-                elif time.monotonic() - self.interactive_at < SHARED_FOR_S:
-                    want = max(owed, self.policy.max_size // SHARED_CHUNK_DIVISOR, 1)
-                else:
-                    want = self.policy.max_size
+                recent = time.monotonic() - self.interactive_at < SHARED_FOR_S
+                want = self.policy.own_chunk(owed, bool(company), recent)
                 chunk = run.next_chunk(want) if want else None
                 if company:
                     part = self._serve(company, chunk)
@@ -630,7 +618,7 @@ class BatchingWorker(SimpleWorker):
         try:
             outcomes, ridden = self._run_jobs(batch, riding)
         except JobTimeoutException:  # the bulk job's own timeout: answer these, then stop it
-            err = InferenceError("inference_timeout", "the worker's running batch timed out")
+            err = InferenceError(ERR_INFERENCE_TIMEOUT, "the worker's running batch timed out")
             outcomes = [Outcome(error=err) for _ in jobs]
             self._retrying(lambda: self._finish(batch, executions, outcomes, 0.0))
             raise
@@ -843,16 +831,7 @@ class BatchingWorker(SimpleWorker):
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             return
         result_ttl = job.get_result_ttl(self.default_result_ttl)
-        job._result = value
-        job._status = JobStatus.FINISHED
-        job._handle_success(
-            result_ttl,
-            pipeline=pipe,
-            worker_name=self.name,
-            execution_id=execution.id,
-            execution_started_at=execution.created_at,
-            execution_ended_at=job.ended_at,
-        )
+        rqadapter.store_success(job, value, result_ttl, pipe, self.name, execution)
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
         self.cleanup_execution(job, pipeline=pipe, execution=execution)
         self.replier.notify(pipe, job.id)
@@ -872,7 +851,7 @@ class BatchingWorker(SimpleWorker):
     ) -> None:
         job.meta[ERROR_META_KEY] = {"code": error.code, "message": error.message}
         job.save_meta()
-        job._status = JobStatus.FAILED
+        rqadapter.mark_failed(job)
         self.log.warning("job %s failed: %s", job.id, error)
         self.handle_job_failure(
             job=job,

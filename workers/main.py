@@ -22,10 +22,11 @@ from contract.config import ConfigError, ModelSpec, Registry, load_registry
 from contract.jobs import LANES, LOAD_ERROR_TTL_S, Keys
 from contract.logs import configure_logging
 from contract.settings import CommonSettings, unreachable
-from workers.batching import BatchingWorker, BatchPolicy
+from workers.batching import BatchingWorker
 from workers.engines import Engine
-from workers.lanes import LanePolicy, LaneQueue
+from workers.lanes import LaneQueue
 from workers.pipelines import build_engine
+from workers.policy import BatchPolicy, LanePolicy
 from workers.presence import Presence, stuck_check
 from workers.reaper import Reaper
 from workers.runtime import export_root

@@ -22,8 +22,17 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from contract.jobs import ERR_WORKER_LOST, ERROR_META_KEY, LANES, Keys, is_sync
+from contract.jobs import (
+    ERR_WORKER_LOST,
+    ERROR_META_KEY,
+    LANES,
+    RECOVERIES_META_KEY,
+    Keys,
+    is_sync,
+    queue_key,
+)
 from workers.replies import Replier
+from workers.rqadapter import store_failure
 
 log = logging.getLogger("modelgate.worker")
 
@@ -67,7 +76,7 @@ class Reaper:
 
     def run_once(self) -> int:
         """One pass; returns how many jobs it recovered. Only one worker per model at a time."""
-        lock = f"{self.keys.prefix}:reaper:{self.model}"
+        lock = self.keys.reaper_lock(self.model)
         if not self.connection.set(lock, self.worker_name, nx=True, px=1500):
             return 0
         live = {n.decode() for n in self._live(keys=[self.keys.presence(self.model)])}
@@ -119,13 +128,13 @@ class Reaper:
         return recovered
 
     def _recover(self, job: Job) -> None:
-        count = int(job.meta.get("recoveries", 0))
+        count = int(job.meta.get(RECOVERIES_META_KEY, 0))
         if count < MAX_RECOVERIES:
-            job.meta["recoveries"] = count + 1
+            job.meta[RECOVERIES_META_KEY] = count + 1
             with self.connection.pipeline() as pipe:
                 job.set_status(JobStatus.QUEUED, pipeline=pipe)
                 pipe.hset(job.key, "meta", JSONSerializer.dumps(job.meta))
-                pipe.lpush(Queue.redis_queue_namespace_prefix + job.origin, job.id)
+                pipe.lpush(queue_key(job.origin), job.id)
                 pipe.execute()
             log.warning("job %s lost its worker %s: requeued", job.id, job.worker_name)
             return
@@ -140,9 +149,7 @@ class Reaper:
             else:
                 job.set_status(JobStatus.FAILED, pipeline=pipe)
                 pipe.hset(job.key, "meta", JSONSerializer.dumps(job.meta))
-                job._handle_failure(
-                    f"{ERR_WORKER_LOST}: worker {job.worker_name} died", pipeline=pipe
-                )
+                store_failure(job, f"{ERR_WORKER_LOST}: worker {job.worker_name} died", pipe)
                 self.replier.notify(pipe, job.id)
             pipe.execute()
         log.error("job %s lost its worker twice: failed with %s", job.id, ERR_WORKER_LOST)

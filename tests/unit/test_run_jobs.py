@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from contract.jobs import PREDICT_FUNC
-from workers.lanes import BulkPace, LanePolicy
+from workers.policy import BulkPace, LanePolicy
 from workers.tasks import ChunkedRun, MemoryChunks, run_chunked, run_jobs
 
 
