@@ -242,7 +242,7 @@ class Dispatcher:
         """Run a sync request's job and return its result (see ``contract.jobs.job_result``),
         or raise the GatewayError its failure maps to; 504 at the payload's deadline."""
         job_id = uuid.uuid4().hex
-        return await self._await(job_id, spec.name, payload, owner=True, submit=spec)
+        return await self._await(job_id, payload, spec)
 
     async def run_shared(
         self, spec: ModelSpec, payload: JobPayload, flight: str
@@ -263,21 +263,18 @@ class Dispatcher:
         if state == b"gone":
             return None
         if state == b"joined":
-            return await self._await(existing.decode(), spec.name, payload, owner=False)
+            return await self._await(existing.decode(), payload)
         try:
-            return await self._await(job_id, spec.name, payload, owner=True, submit=spec)
+            return await self._await(job_id, payload, spec)
         finally:
             await self.release(flight, job_id)
 
     async def _await(
-        self,
-        job_id: str,
-        model: str,
-        payload: JobPayload,
-        *,
-        owner: bool,
-        submit: ModelSpec | None = None,
+        self, job_id: str, payload: JobPayload, submit: ModelSpec | None = None
     ) -> dict[str, Any]:
+        """Wait for ``job_id``'s reply; with ``submit``, this request owns the job: it writes
+        it first, and withdraws it when its client leaves or its deadline passes. A joiner
+        (no ``submit``) only waits."""
         future = self.listener.expect(job_id)
         entry = Entry(job_id, payload)
         try:
@@ -288,21 +285,21 @@ class Dispatcher:
             try:
                 reply = await asyncio.wait_for(asyncio.shield(future), max(0.01, remaining))
             except TimeoutError:
-                if owner:
-                    await self._abandon(entry, model)
+                if submit is not None:
+                    await self._abandon(submit, entry)
                 raise InferenceTimeout(
                     f"no result within the model's timeout ({job_id})", job_id=job_id
                 ) from None
         except asyncio.CancelledError:
             # The client went away (gateway.disconnect): withdraw the job unless another
             # request, here or on a replica, waits for the same job.
-            if owner and not self.listener.others_wait(job_id, future):
-                if submit is not None and not entry.sent:
+            if submit is not None and not self.listener.others_wait(job_id, future):
+                if not entry.sent:
                     self.withdrawn += 1  # left before it was written: nothing to take back
                 elif entry.group is not None:
-                    self.withdrawn += await self._withdraw_segment(entry, 1) == "canceled"
+                    self.withdrawn += await self._withdraw_segment(submit, entry, 1) == "canceled"
                 else:
-                    self.withdrawn += await self.withdraw(job_id, model)
+                    self.withdrawn += await self.withdraw(job_id, submit.name)
             raise
         finally:
             self.listener.forget(job_id, future)
@@ -554,11 +551,12 @@ class Dispatcher:
             return await self.cancel_queued(job_id, queue, SYNC_RESULT_TTL_S, 1) == "canceled"
         return False
 
-    async def _withdraw_segment(self, entry: Entry, awaited_by: int | None) -> str:
+    async def _withdraw_segment(self, spec: ModelSpec, entry: Entry, awaited_by: int | None) -> str:
         """Withdraw one request from the coalesced job that carries it, unless a worker has
-        started that job; best effort, like ``withdraw``."""
+        started that job; best effort, like ``withdraw``. The cancel key lives as long as the
+        request's other keys."""
         assert entry.group is not None
-        ttl = self._keys_ttl_of(entry.payload)
+        ttl = self._keys_ttl(spec, entry.payload)
         keys = [
             Job.key_for(entry.group),
             self.keys.replies(entry.job_id),
@@ -573,17 +571,12 @@ class Dispatcher:
             return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         return "unknown"
 
-    @staticmethod
-    def _keys_ttl_of(payload: JobPayload) -> int:
-        left = (payload.deadline or time.time()) - time.time()
-        return max(1, int(left)) + GRACE_S
-
-    async def _abandon(self, entry: Entry, model: str) -> None:
+    async def _abandon(self, spec: ModelSpec, entry: Entry) -> None:
         """Best effort: delete the job if still queued (or withdraw the request from the
         coalesced job carrying it); a worker also skips it past deadline (and replies, which
         deletes it)."""
         if entry.group is not None:
-            await self._withdraw_segment(entry, None)
+            await self._withdraw_segment(spec, entry, None)
             return
         with contextlib.suppress(GatewayError, RedisError, OSError):
-            await self.cancel_queued(entry.job_id, self.keys.queue(model), SYNC_RESULT_TTL_S)
+            await self.cancel_queued(entry.job_id, self.keys.queue(spec.name), SYNC_RESULT_TTL_S)

@@ -323,7 +323,8 @@ class BatchingWorker(SimpleWorker):
         # Wait for company only under load (the last batch had some): a request arriving alone
         # after a quiet spell runs at once, so the delay never costs a lone caller anything.
         deadline = time.monotonic() + self.policy.delay_s(self.last_batch_items)
-        while (room := size - self._items(jobs)) > 0:
+        items = self._items(jobs)
+        while (room := size - items) > 0:
             ids = self._take_ids(queue, room, deadline)
             if not ids:
                 break
@@ -331,10 +332,12 @@ class BatchingWorker(SimpleWorker):
             if fetched is None:
                 break
             for i, job in enumerate(fetched):
-                if self._items([*jobs, job]) > size:
+                more = self._items([job])
+                if items + more > size:
                     self._put_back(queue, fetched[i:])
                     return jobs
                 jobs.append(job)
+                items += more
         return jobs
 
     def _put_back(self, queue: Queue, jobs: list[Job]) -> None:
@@ -422,13 +425,8 @@ class BatchingWorker(SimpleWorker):
             batch.withdrawn = {s for s, v in zip(segment_ids, replies[-1], strict=True) if v}
         return executions
 
-    @staticmethod
-    def _segment_ids(job: Job) -> list[str]:
-        try:
-            segments = segments_of(job.kwargs)
-        except Exception:  # unreadable: the job fails as it runs
-            return []
-        return [seg_id for seg_id, _ in segments or []]
+    def _segment_ids(self, job: Job) -> list[str]:
+        return [part.id for part in self._segments(job) or []]
 
     def _run(self, batch: Batch) -> tuple[list[Outcome], float]:
         # A batch may run as long as its longest job may (the gateway scales a large job's
