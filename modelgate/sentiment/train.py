@@ -148,7 +148,7 @@ def load_classifier(encoder: Path, seed: int) -> tuple[Any, Any]:
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    with _quiet_transformers():
+    with quiet_transformers():
         model: Any = BertForSequenceClassification.from_pretrained(
             encoder,
             num_labels=len(LABELS),
@@ -167,7 +167,7 @@ def load_classifier(encoder: Path, seed: int) -> tuple[Any, Any]:
 def save_folder(model: Any, tokenizer: Any, folder: Path) -> None:
     model.config.problem_type = "single_label_classification"
     tokenizer.model_max_length = SERVED_MAX_LENGTH
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     # safetensors 0.8 writes model.safetensors as 0600; a worker running as another user (a
@@ -256,7 +256,7 @@ def _classify(folder: Path, texts: list[str]) -> list[int]:
     from transformers import pipeline
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    with _quiet_transformers():
+    with quiet_transformers():
         classifier = pipeline("text-classification", model=str(folder))
         outputs = classifier([texts[i] for i in order], batch_size=BATCH, truncation=True)
     labels = [0] * len(texts)
@@ -266,7 +266,7 @@ def _classify(folder: Path, texts: list[str]) -> list[int]:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """No load report (it lists the new classifier as missing, as expected) and no bars."""
     from transformers.utils import logging
 

@@ -1,0 +1,216 @@
+"""Models for the compression commands: which model a name or path means, loading it for
+training, cutting layers out of it, its pooled output, and saving a folder the worker serves.
+torch and transformers are imported inside functions, so the CLI loads without them.
+
+Encoders of the BERT family (BERT, RoBERTa, XLM-R, MiniLM, ELECTRA: ``base_model.encoder.layer``)
+can be cut; any other architecture gets a one-line error saying so."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from contract.config import ConfigError, load_registry, resolve_source
+from modelgate.compress.data import CompressError
+from modelgate.sentiment.train import quiet_transformers
+
+TASKS = ("feature-extraction", "text-classification")
+"""What can be distilled, pruned and evaluated: embeddings (pooled vectors) and classifiers."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model to read: where from_pretrained finds it, and what it is served as."""
+
+    name: str
+    location: str
+    task: str
+    pooling: str = "mean"
+    revision: str | None = None
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task == "text-classification"
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "location": self.location, "task": self.task} | (
+            {"revision": self.revision} if self.revision else {}
+        )
+
+
+def resolve(ref: str, config: str | None, *, task: str | None = None) -> ModelRef:
+    """A models.yaml entry's name (looked up in ``config``) or a model folder."""
+    path = Path(ref)
+    if config and not (path / "config.json").is_file() and Path(config).is_file():
+        try:
+            registry = load_registry(config)
+        except ConfigError as err:
+            raise CompressError(f"{config}: {str(err).splitlines()[0]}") from None
+        spec = registry.get(ref)
+        if spec is not None:
+            if spec.task not in TASKS:
+                raise CompressError(
+                    f"model {ref!r} is {spec.task}; compression handles {' and '.join(TASKS)}"
+                )
+            location = resolve_source(spec, registry.base_dir)
+            return ModelRef(ref, location, spec.task, spec.pooling, spec.source.revision)
+    if not (path / "config.json").is_file():
+        where = f"no model named {ref!r} in {config} and " if config else ""
+        raise CompressError(f"{where}{ref}: not a model folder (no config.json)")
+    found = task or _task_of(path)
+    if found not in TASKS:
+        raise CompressError(f"--task {found}: compression handles {' and '.join(TASKS)}")
+    return ModelRef(path.name, str(path.resolve()), found)
+
+
+def _task_of(folder: Path) -> str:
+    """A folder saved as a sequence classifier is a classifier; anything else an encoder."""
+    config = json.loads((folder / "config.json").read_text())
+    architectures = config.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "text-classification"
+    return "feature-extraction"
+
+
+def load(ref: ModelRef) -> tuple[Any, Any]:
+    """Model (float32, eval mode, on CPU) and tokenizer, as from_pretrained gives them."""
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    auto = AutoModelForSequenceClassification if ref.is_classifier else AutoModel
+    revision = {"revision": ref.revision} if ref.revision else {}
+    with quiet_transformers():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(ref.location, **revision)
+            model = auto.from_pretrained(ref.location, **revision)
+        except (OSError, ValueError) as err:
+            raise CompressError(
+                f"{ref.location}: cannot load: {str(err).splitlines()[0]}"
+            ) from None
+    return model.eval(), tokenizer
+
+
+def layers_of(model: Any) -> Any:
+    """The ``nn.ModuleList`` of transformer layers of a BERT-family model."""
+    encoder = getattr(model.base_model, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise CompressError(
+            f"{type(model).__name__}: not a BERT-family encoder (no base_model.encoder.layer); "
+            "compression can cut BERT, RoBERTa, XLM-R, MiniLM and ELECTRA models"
+        )
+    return layers
+
+
+def keep_layers(model: Any, keep: list[int]) -> Any:
+    """A copy of ``model`` with only the layers ``keep`` (0-based, in order): a standard
+    config (``num_hidden_layers``) that from_pretrained loads as it is."""
+    import torch
+
+    total = len(layers_of(model))
+    wrong = [i for i in keep if not 0 <= i < total]
+    if wrong or not keep or len(set(keep)) != len(keep):
+        raise CompressError(
+            f"layers {','.join(map(str, keep))}: give distinct layer numbers from 0 to {total - 1}"
+        )
+    student = copy.deepcopy(model)
+    kept = torch.nn.ModuleList([layers_of(student)[i] for i in sorted(keep)])
+    for new, layer in enumerate(kept):
+        attention = getattr(getattr(layer, "attention", None), "self", None)
+        if attention is not None and hasattr(attention, "layer_idx"):
+            attention.layer_idx = new
+    student.base_model.encoder.layer = kept
+    student.config.num_hidden_layers = len(kept)
+    return student
+
+
+def every_kth(total: int, k: int) -> list[int]:
+    """Every ``k``-th layer, ending at the last (for k=2 of 6: 1, 3, 5): the top layer, which
+    the output is read from, is always kept."""
+    if k < 1:
+        raise CompressError(f"--keep-every {k}: must be 1 or more")
+    return list(range(total - 1, -1, -k))[::-1]
+
+
+def parse_layers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise CompressError(f"--layers {text!r}: give layer numbers such as 0,2,4") from None
+
+
+def pooled(model: Any, batch: dict[str, Any], pooling: str) -> Any:
+    """The sentence vector a worker serves (before normalising): mean over the attention mask,
+    or the first token."""
+    tokens = model(**batch)[0]
+    if pooling == "cls":
+        return tokens[:, 0]
+    mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+    return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of a model folder's weight files."""
+    return sum(
+        p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt")
+    )
+
+
+def save_model(model: Any, tokenizer: Any, folder: Path) -> None:
+    """``save_pretrained`` of model and tokenizer, readable by a worker running as anyone."""
+    with quiet_transformers():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o644)
+
+
+def yaml_snippet(name: str, ref: ModelRef, folder: Path) -> str:
+    """The models.yaml entry that serves ``folder`` as ``ref`` is served."""
+    lines = [
+        f"  - name: {name}",
+        f"    task: {ref.task}",
+        "    source:",
+        f"      path: {folder}",
+        "    device: cpu",
+    ]
+    if not ref.is_classifier:
+        lines.append(f"    pooling: {ref.pooling}")
+    lines += ["    max_batch_size: 32", "    max_batch_delay_ms: 0"]
+    return "\n".join(lines) + "\n"
+
+
+def check_out(out: Path, *, resumable: str | None = None) -> None:
+    """``out`` must be absent or empty (or hold only ``resumable``, a checkpoint to go on from)."""
+    if out.exists() and not out.is_dir():
+        raise CompressError(f"{out}: exists and is not a folder")
+    if out.is_dir():
+        names = {p.name for p in out.iterdir()}
+        if names and names != {resumable}:
+            raise CompressError(
+                f"{out}: exists and is not empty; remove it or choose another --out"
+            )
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A sibling ``.partial`` folder to write into, moved into place when the block completes:
+    ``out`` never holds a half-written model."""
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    yield staging
+    out.mkdir(parents=True, exist_ok=True)
+    for path in staging.iterdir():
+        path.replace(out / path.name)
+    staging.rmdir()
