@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DISTILL_DOC = """Trains a small student model to answer like a teacher, on CPU or GPU, offline.
+DISTILL_DOC = """Trains a small student model to answer like a teacher, on CPU, offline.
 
 The teacher is a models.yaml entry (by name; --config) or a model folder, a sentence
 embedder (feature-extraction) or a classifier (text-classification). The student starts as
@@ -149,6 +149,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=100,
         help="steps between checkpoints (100)",
     )
+    d.add_argument(
+        "--hidden-weight",
+        type=float,
+        default=1.0,
+        help="a cut student: weight of the layer-to-layer term, each kept layer's token "
+        "vectors against the teacher layer it came from (1.0; 0: off)",
+    )
+    d.add_argument(
+        "--freeze-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the embedding table as it is (default: frozen for a student cut from the "
+        "teacher or read from a folder, trained for one from --student-config)",
+    )
     _output(d)
     d.set_defaults(func=cmd_distill)
 
@@ -225,7 +239,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _fail(command: str, err: Exception) -> int:
+def _fail(command: str, err: Exception | str) -> int:
     print(f"modelgate {command}: {err}", file=sys.stderr)
     return 1
 
@@ -241,7 +255,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             layers=parse_layers(args.layers) if args.layers else None,
             keep_every=args.keep_every
             or (None if args.layers or args.student or args.student_config else 2),
-            folder=resolve(args.student, None, task=teacher.task) if args.student else None,
+            folder=resolve(args.student, None, task=args.task) if args.student else None,
             config=args.student_config,
         )
         options = Options(
@@ -255,6 +269,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
             max_length=args.max_length,
             seed=args.seed,
             checkpoint_every=args.checkpoint_every,
+            hidden_weight=args.hidden_weight,
+            freeze_embeddings=args.freeze_embeddings,
         )
         options.check()
         corpus = load_corpus(args.corpus, seed=args.seed)
@@ -336,7 +352,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     variants = [] if args.variants == "none" else [v for v in args.variants.split(",") if v]
     try:
         teacher = resolve(args.teacher, args.config, task=args.task)
-        candidates = [resolve(c, args.config, task=teacher.task) for c in args.candidate]
+        candidates = [
+            resolve(c, args.config, task=args.task, pooling=teacher.pooling) for c in args.candidate
+        ]
         corpus = load_corpus(args.corpus, seed=args.seed)
         report = evaluate(
             teacher,
@@ -353,6 +371,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _fail("evaluate", err)
     print(table(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        try:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as err:
+            return _fail("evaluate", f"--json {args.json}: {err.strerror}")
         print(f"report: {args.json}")
     return 0

@@ -37,6 +37,12 @@ class Corpus:
     held_out_labels: list[int] | None = None
     label_names: tuple[str, ...] | None = None
 
+    def sample(self, count: int, seed: int) -> list[str]:
+        """``count`` training texts drawn with ``seed`` (all of them when there are fewer)."""
+        if count >= len(self.train):
+            return list(self.train)
+        return random.Random(seed).sample(self.train, count)
+
     def describe(self) -> dict[str, Any]:
         return {
             "path": self.source,
@@ -62,13 +68,17 @@ def load_corpus(path: Path, *, seed: int = 0, held_out: float = HELD_OUT) -> Cor
             split = stratified_split(dedupe(read_corpus(path)).examples, seed, held_out)
         except CorpusError as err:
             raise CompressError(str(err)) from None
+        # The split lists each class in turn; a seeded shuffle of the held-out part makes its
+        # first N texts (evaluate --texts N) a fair sample. Training batches are drawn at random.
+        test = list(split.test)
+        random.Random(seed).shuffle(test)
         return Corpus(
             str(path),
             digest,
             [e.text for e in split.train],
-            [e.text for e in split.test],
+            [e.text for e in test],
             [e.label for e in split.train],
-            [e.label for e in split.test],
+            [e.label for e in test],
             LABELS,
         )
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()

@@ -5,7 +5,9 @@ the teacher's embeddings and the kept layers' weights), a model folder (a pruned
 a smaller config with fresh weights. Each step feeds one batch of training texts to both; the
 student learns the teacher's pooled sentence vectors (cosine or MSE) or, for a classifier, its
 temperature-softened class distribution (KL, times T squared as Hinton et al. scale it), mixed
-with cross-entropy on the corpus's labels when it has them.
+with cross-entropy on the corpus's labels when it has them. A cut student also learns, layer by
+layer, the token vectors of the teacher layer each of its layers was copied from (1 - cosine,
+as DistilBERT's hidden-state term): far more signal a step than one vector a text.
 
 Runs are seeded and reproducible: the batch of step ``n`` is a function of the seed and ``n``,
 and a checkpoint (model, optimiser, schedule and RNG state, in ``OUT/checkpoint.pt``, written
@@ -32,7 +34,7 @@ from modelgate.compress.models import (
     layers_of,
     load,
     parameters,
-    pooled,
+    pool,
     save_model,
     staged,
     yaml_snippet,
@@ -60,6 +62,12 @@ class Options:
     max_length: int = 128
     seed: int = 0
     checkpoint_every: int = 100
+    hidden_weight: float = 1.0
+    """Weight of the layer-to-layer term (a cut student only): each kept layer's token vectors
+    against those of the teacher layer it was copied from."""
+    freeze_embeddings: bool | None = None
+    """None: frozen when the student starts from trained weights (a cut copy or a folder),
+    trained when it starts fresh from a config."""
 
     def check(self) -> None:
         problems = []
@@ -79,6 +87,10 @@ class Options:
             problems.append("--alpha is from 0 (labels only) to 1 (teacher only)")
         if self.max_length < 8:
             problems.append("--max-length must be 8 or more")
+        if not 0 <= self.seed < 2**32:
+            problems.append("--seed is from 0 to 2**32 - 1")
+        if self.hidden_weight < 0:
+            problems.append("--hidden-weight must be 0 or more")
         if self.checkpoint_every < 1:
             problems.append("--checkpoint-every must be 1 or more")
         if problems:
@@ -127,6 +139,7 @@ def build_student(teacher: Any, teacher_tokenizer: Any, spec: Student, seed: int
             raise CompressError(
                 f"{spec.folder.location}: not the same kind of model as the teacher"
             )
+        _check_shape(student.config, teacher.config, spec.folder.location)
         return student
     if spec.config is not None:
         try:
@@ -141,11 +154,37 @@ def build_student(teacher: Any, teacher_tokenizer: Any, spec: Student, seed: int
         for key in ("id2label", "label2id", "num_labels", "problem_type"):
             if hasattr(teacher.config, key):
                 setattr(config, key, getattr(teacher.config, key))
+        _check_shape(config, teacher.config, str(spec.config))
         torch.manual_seed(seed)
-        return type(teacher)(config).eval()
-    total = len(layers_of(teacher))
-    keep = spec.layers if spec.layers else every_kth(total, spec.keep_every or 2)
-    return keep_layers(teacher, keep)
+        try:
+            return type(teacher)(config).eval()
+        except (ValueError, TypeError) as err:
+            raise CompressError(f"{spec.config}: not a buildable config: {err}") from None
+    return keep_layers(teacher, layer_map(teacher, spec) or [])
+
+
+def _check_shape(config: Any, teacher: Any, where: str) -> None:
+    """A student's outputs must be comparable with the teacher's: same width, same labels."""
+    if config.hidden_size != teacher.hidden_size:
+        raise CompressError(
+            f"{where}: hidden_size {config.hidden_size} is not the teacher's "
+            f"{teacher.hidden_size}; its vectors could not be compared with the teacher's"
+        )
+    if getattr(config, "num_labels", None) != getattr(teacher, "num_labels", None):
+        raise CompressError(
+            f"{where}: {config.num_labels} labels, the teacher {teacher.num_labels}"
+        )
+
+
+def layer_map(teacher: Any, spec: Student) -> list[int] | None:
+    """For a cut student, the teacher layer each of its layers was copied from."""
+    if spec.folder is not None or spec.config is not None:
+        return None
+    return (
+        sorted(spec.layers)
+        if spec.layers
+        else every_kth(len(layers_of(teacher)), spec.keep_every or 2)
+    )
 
 
 def _is_classifier(model: Any) -> bool:
@@ -203,14 +242,21 @@ def distill(
     torch.manual_seed(options.seed)
     teacher, tokenizer = load(teacher_ref)
     student = build_student(teacher, tokenizer, spec, options.seed)
+    mapping = layer_map(teacher, spec) if options.hidden_weight > 0 else None
     key = fingerprint(teacher_ref, spec, corpus, options)
     labels = torch.tensor(corpus.train_labels) if corpus.train_labels is not None else None
     if labels is not None and teacher_ref.is_classifier:
         _check_labels(teacher, corpus)
 
-    optimiser = torch.optim.AdamW(
-        student.parameters(), lr=options.lr, weight_decay=options.weight_decay
-    )
+    freeze = options.freeze_embeddings
+    if freeze is None:
+        freeze = spec.config is None
+    if freeze:
+        # The copied embedding table (most of a small encoder's weights) stays the teacher's:
+        # about a third less work a step, and the student reads tokens as the teacher does.
+        student.base_model.embeddings.requires_grad_(False)
+    trained = [p for p in student.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trained, lr=options.lr, weight_decay=options.weight_decay)
     warm = max(1, round(options.warmup * options.steps))
 
     def rate(step: int) -> float:
@@ -244,13 +290,13 @@ def distill(
             max_length=options.max_length,
             return_tensors="pt",
         )
-        loss = _loss(teacher, student, batch, teacher_ref, options, labels, rows)
+        loss = _loss(teacher, student, batch, teacher_ref, options, labels, rows, mapping)
         optimiser.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimiser.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         done = step + 1
         if done % options.checkpoint_every == 0 and done < options.steps:
             _save_checkpoint(checkpoint, key, done, student, optimiser, schedule, losses)
@@ -265,6 +311,8 @@ def distill(
             "layers": len(layers_of(student)),
             "parameters": parameters(student),
             "teacher_parameters": parameters(teacher),
+            "embeddings_frozen": freeze,
+            "teacher_layers": layer_map(teacher, spec),
         },
         "corpus": corpus.describe(),
         "options": asdict(options),
@@ -307,21 +355,49 @@ def _loss(
     options: Options,
     labels: Any,
     rows: Any,
+    mapping: list[int] | None,
 ) -> Any:
+    """The output term (pooled vectors or logits) plus, for a cut student, the layer term."""
     import torch
     import torch.nn.functional as F
 
+    hidden = {"output_hidden_states": True} if mapping else {}
     with torch.no_grad():
-        if ref.is_classifier:
-            target = teacher(**batch).logits
-        else:
-            target = pooled(teacher, batch, ref.pooling)
-    if not ref.is_classifier:
-        got = pooled(student, batch, ref.pooling)
+        want = teacher(**batch, **hidden)
+    got = student(**batch, **hidden)
+    mask = batch["attention_mask"]
+    if ref.is_classifier:
+        loss = _class_loss(got.logits, want.logits, options, labels, rows)
+    else:
+        target = pool(want[0], mask, ref.pooling)
+        vectors = pool(got[0], mask, ref.pooling)
         if options.loss == "mse":
-            return F.mse_loss(got, target)
-        return (1 - F.cosine_similarity(got, target, dim=-1)).mean()
-    logits = student(**batch).logits
+            loss = F.mse_loss(vectors, target)
+        else:
+            loss = (1 - F.cosine_similarity(vectors, target, dim=-1)).mean()
+    if mapping:
+        weights = mask.to(got.hidden_states[0].dtype)
+        terms = [
+            (
+                (
+                    1
+                    - F.cosine_similarity(
+                        got.hidden_states[j + 1], want.hidden_states[k + 1], dim=-1
+                    )
+                )
+                * weights
+            ).sum()
+            / weights.sum()
+            for j, k in enumerate(mapping)
+        ]
+        loss = loss + options.hidden_weight * sum(terms) / len(terms)
+    return loss
+
+
+def _class_loss(logits: Any, target: Any, options: Options, labels: Any, rows: Any) -> Any:
+    """KL to the teacher's softened distribution (x T^2), mixed with cross-entropy on labels."""
+    import torch.nn.functional as F
+
     t = options.temperature
     soft = F.kl_div(
         F.log_softmax(logits / t, dim=-1), F.softmax(target / t, dim=-1), reduction="batchmean"
@@ -370,16 +446,22 @@ def _resume(
         raise CompressError(
             f"{path}: unreadable checkpoint ({err}); remove it to start over"
         ) from None
-    if state.get("fingerprint") != key:
+    if not isinstance(state, dict) or state.get("fingerprint") != key:
         raise CompressError(
             f"{path}: a checkpoint of another run (other teacher, student, corpus or options); "
             "run that command again to resume it, or remove the file to start over"
         )
-    student.load_state_dict(state["model"])
-    optimiser.load_state_dict(state["optimiser"])
-    schedule.load_state_dict(state["schedule"])
-    torch.set_rng_state(state["rng"])
-    return int(state["step"]), list(state["losses"])
+    try:
+        student.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        return int(state["step"]), list(state["losses"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CompressError(
+            f"{path}: does not fit this student ({str(err).splitlines()[0]}); remove it to "
+            "start over"
+        ) from None
 
 
 def loss_summary(losses: list[float]) -> dict[str, Any]:

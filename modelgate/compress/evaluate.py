@@ -40,6 +40,7 @@ class Row:
     outputs: list[Any] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     texts_done: int = 0
+    calls_b: int = 0
     busy_s: float = 0.0
     figures: dict[str, Any] = field(default_factory=dict)
 
@@ -105,8 +106,14 @@ def build_rows(
                 rows.append(Row(f"{ref.name} {variant}", ref, variant))
     for i, row in enumerate(rows):
         started = time.perf_counter()
-        with quiet_transformers():
-            row.engine = build_engine(spec_for(row, device, i))
+        try:
+            with quiet_transformers():
+                row.engine = build_engine(spec_for(row, device, i))
+        except Exception as err:  # a model that does not load is the user's to fix: say which
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CompressError(
+                f"{row.ref.location} ({row.variant}): cannot load: {first}"
+            ) from None
         say(f"loaded {row.label} ({time.perf_counter() - started:.1f} s)")
     return rows, skipped
 
@@ -124,6 +131,10 @@ def embedding_quality(got: list[list[float]], want: list[list[float]]) -> dict[s
 
     a = torch.nn.functional.normalize(torch.tensor(got, dtype=torch.float64), dim=-1)
     b = torch.nn.functional.normalize(torch.tensor(want, dtype=torch.float64), dim=-1)
+    if a.shape != b.shape:
+        raise CompressError(
+            f"a candidate's vectors have {a.shape[-1]} dimensions, the teacher's {b.shape[-1]}"
+        )
     cosine = (a * b).sum(dim=-1)
     figures = {
         "mean_cosine": round(float(cosine.mean()), 6),
@@ -211,24 +222,27 @@ def speed(rows: list[Row], texts: list[str], seconds: float, rounds: int, batch:
     for row in rows:
         row.engine(texts[:batch], {})
     share = seconds / rounds
+    windows = max(1, len(texts) - batch + 1)
     for _ in range(rounds):
         for row in rows:
-            deadline = time.perf_counter() + share
-            calls = 0
+            # Every row walks the same texts in the same order: row k's i-th call gets text i.
+            deadline, calls = time.perf_counter() + share, 0
             while calls < 5 or time.perf_counter() < deadline:
-                text = texts[(len(row.latencies) + calls) % len(texts)]
+                text = texts[len(row.latencies) % len(texts)]
                 started = time.perf_counter()
                 row.engine([text], {})
                 row.latencies.append(time.perf_counter() - started)
                 calls += 1
-            deadline, calls = time.perf_counter() + share, 0
+            deadline, calls, done = time.perf_counter() + share, 0, 0
             started = time.perf_counter()
             while calls < 2 or time.perf_counter() < deadline:
-                offset = (row.texts_done + calls * batch) % max(1, len(texts) - batch)
-                row.engine(texts[offset : offset + batch], {})
-                calls += 1
+                offset = (row.calls_b + calls) * batch % windows
+                chunk = texts[offset : offset + batch]
+                row.engine(chunk, {})
+                calls, done = calls + 1, done + len(chunk)
             row.busy_s += time.perf_counter() - started
-            row.texts_done += calls * batch
+            row.texts_done += done
+            row.calls_b += calls
     base = rows[0]
     for row in rows:
         row.figures["p50_ms_b1"] = round(1000 * statistics.median(row.latencies), 2)
@@ -262,6 +276,10 @@ def evaluate(
     say: Any = print,
 ) -> dict[str, Any]:
     """The report: one entry per row (teacher first) with its quality, speed and size."""
+    if device not in ("cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise CompressError(f"--device {device}: cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not _has_cuda():
+        raise CompressError(f"--device {device}: CUDA is not available on this machine")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise CompressError(f"--variants {','.join(unknown)}: choose from {', '.join(VARIANTS)}")
@@ -293,6 +311,12 @@ def evaluate(
         "rows": [{"model": r.label, "variant": r.variant} | r.figures for r in rows],
         "skipped": skipped,
     }
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _threads() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,8 +45,11 @@ class ModelRef:
         )
 
 
-def resolve(ref: str, config: str | None, *, task: str | None = None) -> ModelRef:
-    """A models.yaml entry's name (looked up in ``config``) or a model folder."""
+def resolve(
+    ref: str, config: str | None, *, task: str | None = None, pooling: str = "mean"
+) -> ModelRef:
+    """A models.yaml entry's name (looked up in ``config``) or a model folder (read as ``task``,
+    else as its config says, pooled by ``pooling``)."""
     path = Path(ref)
     if config and not (path / "config.json").is_file() and Path(config).is_file():
         try:
@@ -58,7 +62,10 @@ def resolve(ref: str, config: str | None, *, task: str | None = None) -> ModelRe
                 raise CompressError(
                     f"model {ref!r} is {spec.task}; compression handles {' and '.join(TASKS)}"
                 )
-            location = resolve_source(spec, registry.base_dir)
+            try:
+                location = resolve_source(spec, registry.base_dir)
+            except ConfigError as err:
+                raise CompressError(str(err).replace("\n", " ")) from None
             return ModelRef(ref, location, spec.task, spec.pooling, spec.source.revision)
     if not (path / "config.json").is_file():
         where = f"no model named {ref!r} in {config} and " if config else ""
@@ -66,12 +73,15 @@ def resolve(ref: str, config: str | None, *, task: str | None = None) -> ModelRe
     found = task or _task_of(path)
     if found not in TASKS:
         raise CompressError(f"--task {found}: compression handles {' and '.join(TASKS)}")
-    return ModelRef(path.name, str(path.resolve()), found)
+    return ModelRef(path.name, str(path.resolve()), found, pooling)
 
 
 def _task_of(folder: Path) -> str:
     """A folder saved as a sequence classifier is a classifier; anything else an encoder."""
-    config = json.loads((folder / "config.json").read_text())
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CompressError(f"{folder / 'config.json'}: not readable JSON ({err})") from None
     architectures = config.get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         return "text-classification"
@@ -88,10 +98,9 @@ def load(ref: ModelRef) -> tuple[Any, Any]:
         try:
             tokenizer = AutoTokenizer.from_pretrained(ref.location, **revision)
             model = auto.from_pretrained(ref.location, **revision)
-        except (OSError, ValueError) as err:
-            raise CompressError(
-                f"{ref.location}: cannot load: {str(err).splitlines()[0]}"
-            ) from None
+        except Exception as err:  # any failure to load is one line naming the model
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CompressError(f"{ref.location}: cannot load: {first}") from None
     return model.eval(), tokenizer
 
 
@@ -112,12 +121,7 @@ def keep_layers(model: Any, keep: list[int]) -> Any:
     config (``num_hidden_layers``) that from_pretrained loads as it is."""
     import torch
 
-    total = len(layers_of(model))
-    wrong = [i for i in keep if not 0 <= i < total]
-    if wrong or not keep or len(set(keep)) != len(keep):
-        raise CompressError(
-            f"layers {','.join(map(str, keep))}: give distinct layer numbers from 0 to {total - 1}"
-        )
+    check_layers(keep, len(layers_of(model)))
     student = copy.deepcopy(model)
     kept = torch.nn.ModuleList([layers_of(student)[i] for i in sorted(keep)])
     for new, layer in enumerate(kept):
@@ -127,6 +131,14 @@ def keep_layers(model: Any, keep: list[int]) -> Any:
     student.base_model.encoder.layer = kept
     student.config.num_hidden_layers = len(kept)
     return student
+
+
+def check_layers(keep: list[int], total: int) -> None:
+    wrong = [i for i in keep if not 0 <= i < total]
+    if wrong or not keep or len(set(keep)) != len(keep):
+        raise CompressError(
+            f"layers {','.join(map(str, keep))}: give distinct layer numbers from 0 to {total - 1}"
+        )
 
 
 def every_kth(total: int, k: int) -> list[int]:
@@ -139,19 +151,25 @@ def every_kth(total: int, k: int) -> list[int]:
 
 def parse_layers(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        layers = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise CompressError(f"--layers {text!r}: give layer numbers such as 0,2,4") from None
+        layers = []
+    if not layers:
+        raise CompressError(f"--layers {text!r}: give layer numbers such as 0,2,4")
+    return layers
 
 
 def pooled(model: Any, batch: dict[str, Any], pooling: str) -> Any:
-    """The sentence vector a worker serves (before normalising): mean over the attention mask,
-    or the first token."""
-    tokens = model(**batch)[0]
+    """The sentence vector a worker serves (before normalising)."""
+    return pool(model(**batch)[0], batch["attention_mask"], pooling)
+
+
+def pool(tokens: Any, mask: Any, pooling: str) -> Any:
+    """Mean of the token vectors over the attention mask, or the first token's."""
     if pooling == "cls":
         return tokens[:, 0]
-    mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-    return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    weights = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
 def parameters(model: Any) -> int:
@@ -177,26 +195,31 @@ def save_model(model: Any, tokenizer: Any, folder: Path) -> None:
 
 def yaml_snippet(name: str, ref: ModelRef, folder: Path) -> str:
     """The models.yaml entry that serves ``folder`` as ``ref`` is served."""
-    lines = [
-        f"  - name: {name}",
-        f"    task: {ref.task}",
-        "    source:",
-        f"      path: {folder}",
-        "    device: cpu",
-    ]
+    import yaml
+
+    slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")[:63] or "student"
+    entry: dict[str, Any] = {
+        "name": slug,
+        "task": ref.task,
+        "source": {"path": str(folder)},
+        "device": "cpu",
+    }
     if not ref.is_classifier:
-        lines.append(f"    pooling: {ref.pooling}")
-    lines += ["    max_batch_size: 32", "    max_batch_delay_ms: 0"]
-    return "\n".join(lines) + "\n"
+        entry["pooling"] = ref.pooling
+    entry |= {"max_batch_size": 32, "max_batch_delay_ms": 0}
+    text: str = yaml.safe_dump([entry], sort_keys=False)
+    return "".join(f"  {line}\n" for line in text.splitlines())
 
 
 def check_out(out: Path, *, resumable: str | None = None) -> None:
-    """``out`` must be absent or empty (or hold only ``resumable``, a checkpoint to go on from)."""
+    """``out`` must be absent or empty, or hold only a checkpoint to go on from (``resumable``,
+    and the temporary file a stop while writing it leaves)."""
     if out.exists() and not out.is_dir():
         raise CompressError(f"{out}: exists and is not a folder")
     if out.is_dir():
         names = {p.name for p in out.iterdir()}
-        if names and names != {resumable}:
+        allowed = {resumable, f"{resumable}.tmp"} if resumable else set()
+        if not names <= allowed:
             raise CompressError(
                 f"{out}: exists and is not empty; remove it or choose another --out"
             )
@@ -209,7 +232,11 @@ def staged(out: Path) -> Iterator[Path]:
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    yield staging
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     out.mkdir(parents=True, exist_ok=True)
     for path in staging.iterdir():
         path.replace(out / path.name)

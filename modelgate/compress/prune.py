@@ -28,6 +28,7 @@ from typing import Any
 from modelgate.compress.data import CompressError, Corpus
 from modelgate.compress.models import (
     ModelRef,
+    check_layers,
     check_out,
     keep_layers,
     layers_of,
@@ -156,8 +157,12 @@ def shrink_ffn(model: Any, scores: list[Any], keep: int) -> list[list[int]]:
     for layer, score in zip(layers_of(model), scores, strict=True):
         index = score.topk(keep).indices.sort().values
         up, down = layer.intermediate.dense, layer.output.dense
-        new_up = torch.nn.Linear(up.in_features, keep, dtype=up.weight.dtype)
-        new_down = torch.nn.Linear(keep, down.out_features, dtype=down.weight.dtype)
+        new_up = torch.nn.Linear(
+            up.in_features, keep, dtype=up.weight.dtype, device=up.weight.device
+        )
+        new_down = torch.nn.Linear(
+            keep, down.out_features, dtype=down.weight.dtype, device=down.weight.device
+        )
         with torch.no_grad():
             new_up.weight.copy_(up.weight[index])
             new_up.bias.copy_(up.bias[index])
@@ -184,7 +189,9 @@ def prune(
     model, tokenizer = load(ref)
     total, params_before = len(layers_of(model)), parameters(model)
     plan.check(total)
-    texts = corpus.train[: plan.calibration]
+    if plan.keep is not None:
+        check_layers(plan.keep, total)
+    texts = corpus.sample(plan.calibration, seed=0)
     batches = _batches(tokenizer, texts, plan)
     say(
         f"pruning {ref.name} ({parameters(model) / 1e6:.1f}M parameters, {total} layers) "

@@ -126,7 +126,7 @@ def test_an_embedder_distils_into_half_its_layers_and_learns(
 ) -> None:
     out = tmp_path / "student"
     report = run(embedder, texts_file, out)
-    assert report["loss"]["last"] < 0.8 * report["loss"]["first"], report["loss"]
+    assert report["loss"]["last"] < 0.9 * report["loss"]["first"], report["loss"]
     config = json.loads((out / "config.json").read_text())
     assert config["num_hidden_layers"] == 2
     assert report["student"]["parameters"] < report["student"]["teacher_parameters"]
@@ -141,6 +141,20 @@ def test_an_embedder_distils_into_half_its_layers_and_learns(
     assert (spec.task, spec.source.path) == ("feature-extraction", str(out.resolve()))
     model, _ = load(resolve(str(out), None))
     assert len(model.encoder.layer) == 2
+
+
+def test_the_layer_term_adds_to_the_output_term(
+    embedder: ModelRef, texts_file: Path, tmp_path: Path
+) -> None:
+    quick = Options(steps=8, batch_size=8, lr=1e-3, max_length=32)
+    with_layers = run(embedder, texts_file, tmp_path / "a", options=quick)
+    output_only = run(
+        embedder,
+        texts_file,
+        tmp_path / "b",
+        options=Options(**{**quick.__dict__, "hidden_weight": 0}),
+    )
+    assert with_layers["loss"]["first"] > output_only["loss"]["first"] > 0
 
 
 def test_a_stopped_run_resumes_to_the_weights_of_an_unbroken_one(
@@ -184,7 +198,19 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_unbroken_one(
 def test_a_classifier_learns_from_soft_targets_and_labels(
     classifier: ModelRef, labelled_csv: Path, tmp_path: Path
 ) -> None:
-    options = Options(steps=30, batch_size=16, lr=2e-3, max_length=32, temperature=2.0, alpha=0.5)
+    # The output terms alone, embeddings trained: a random teacher's layers and embedding table
+    # say nothing about these labels, so its layer term would pull against the cross-entropy
+    # (it is tested on an embedder above) and a frozen table could not learn the cue words.
+    options = Options(
+        freeze_embeddings=False,
+        steps=30,
+        batch_size=16,
+        lr=2e-3,
+        max_length=32,
+        temperature=2.0,
+        alpha=0.5,
+        hidden_weight=0,
+    )
     report = run(classifier, labelled_csv, tmp_path / "s", options=options)
     assert report["loss"]["last"] < report["loss"]["first"]
     held = report["held_out"]
@@ -244,6 +270,39 @@ def test_prune_cuts_the_least_important_layer_and_saves_a_loadable_model(
     model, _ = load(resolve(str(out), None))
     assert model.encoder.layer[0].intermediate.dense.out_features == 32
     assert report["held_out"]["candidate"]["mean_cosine"] < 1.0
+
+
+def test_a_pruned_model_distils_further_from_its_folder(
+    embedder: ModelRef, texts_file: Path, tmp_path: Path
+) -> None:
+    pruned = tmp_path / "pruned"
+    prune(
+        embedder,
+        load_corpus(texts_file),
+        pruned,
+        Plan(ffn_keep=0.25, calibration=16),
+        say=lambda _: None,
+        evaluate_texts=0,
+    )
+    before = load_file(pruned / "model.safetensors")
+    report = run(
+        embedder,
+        texts_file,
+        tmp_path / "healed",
+        student=Student(folder=resolve(str(pruned), None)),
+    )
+    assert report["student"]["from_folder"] == str(pruned.resolve())
+    assert report["student"]["layers"] == 4 and report["student"]["embeddings_frozen"]
+    after = load_file(tmp_path / "healed" / "model.safetensors")
+    assert after.keys() == before.keys()
+    assert torch.equal(
+        after["embeddings.word_embeddings.weight"], before["embeddings.word_embeddings.weight"]
+    )
+    assert not torch.equal(
+        after["encoder.layer.0.intermediate.dense.weight"],
+        before["encoder.layer.0.intermediate.dense.weight"],
+    )
+    assert report["loss"]["last"] < report["loss"]["first"]
 
 
 def test_evaluate_puts_teacher_candidates_and_int8_side_by_side(

@@ -12,7 +12,8 @@ from contract.config import load_registry
 from modelgate.compress.data import CompressError, load_corpus
 from modelgate.compress.distill import Options, batch_rows, loss_summary
 from modelgate.compress.evaluate import class_quality, embedding_quality, macro_f1, top_k_overlap
-from modelgate.compress.models import every_kth, parse_layers
+from modelgate.compress.models import ModelRef, every_kth, parse_layers, yaml_snippet
+from modelgate.sentiment.corpus import LABELS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,6 +27,30 @@ def test_a_text_corpus_splits_the_same_way_for_a_seed_and_never_overlaps(tmp_pat
     assert len(a.held_out) == 10 and len(a.train) == 90  # blank lines and a repeat dropped
     assert not set(a.train) & set(a.held_out)
     assert a.train_labels is None and a.label_names is None
+
+
+def test_the_labelled_held_out_part_is_mixed_not_grouped_by_class(tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    rows = [f"{label},1,{label} text {i}" for label in LABELS for i in range(40)]
+    path.write_text("sentiment,confidence,text\n" + "\n".join(rows) + "\n")
+    corpus = load_corpus(path, seed=0)
+    assert corpus.held_out_labels is not None and len(corpus.held_out) == 12
+    assert len(set(corpus.held_out_labels[:6])) > 1  # the first N are a fair sample
+    assert sorted(corpus.held_out_labels) == [0] * 4 + [1] * 4 + [2] * 4  # still stratified
+    for text, label in zip(corpus.held_out, corpus.held_out_labels, strict=True):
+        assert text.startswith(LABELS[label])
+    assert len(set(corpus.sample(10, seed=0))) == 10
+    assert corpus.sample(10, seed=0) == corpus.sample(10, seed=0)
+
+
+def test_the_models_yaml_entry_is_valid_whatever_the_names(tmp_path: Path) -> None:
+    ref = ModelRef("X", "/m", "feature-extraction", "cls")
+    folder = tmp_path / "odd: #name"
+    entry = yaml_snippet("My Model: Student!" * 8, ref, folder)
+    (tmp_path / "m.yaml").write_text("models:\n" + entry)
+    [spec] = load_registry(tmp_path / "m.yaml").models
+    assert spec.source.path == str(folder) and spec.pooling == "cls"
+    assert spec.name.startswith("my-model-student") and len(spec.name) <= 63
 
 
 def test_a_corpus_too_small_or_absent_is_a_one_line_error(tmp_path: Path) -> None:
