@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from contract.config import ConfigError, Registry, load_registry
-from modelgate.compress.commands import add_commands as add_compress_commands
 
 EPILOG = """examples:
   modelgate up                         Redis + one worker per model replica + gateway on :8000
@@ -49,7 +48,7 @@ while the other models serve (its model answers 503 model_unavailable with the c
 Settings are read once here and passed to every process it starts."""
 
 
-def _config_default() -> str:
+def config_default() -> str:
     return os.environ.get("MODELGATE_CONFIG", "models.yaml")
 
 
@@ -319,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check = sub.add_parser("check", help="validate a models.yaml file (--load: and its models)")
     check.add_argument(
-        "file", nargs="?", default=_config_default(), help="path (default: models.yaml)"
+        "file", nargs="?", default=config_default(), help="path (default: models.yaml)"
     )
     check.add_argument(
         "--load",
@@ -337,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=UP_DOC if name == "up" else "The HTTP gateway alone.",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("--config", default=_config_default(), help="models.yaml path")
+        p.add_argument("--config", default=config_default(), help="models.yaml path")
         p.add_argument(
             "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
         )
@@ -390,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one warm-up call, as its worker would at start. Workers export on their first start "
         "anyway; this moves that step to an image build or an init container.",
     )
-    export.add_argument("--config", default=_config_default(), help="models.yaml path")
+    export.add_argument("--config", default=config_default(), help="models.yaml path")
     export.add_argument(
         "--model",
         action="append",
@@ -405,11 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=cmd_export)
     fetch = sub.add_parser("fetch", help="download the hub models of a models.yaml into a cache")
-    fetch.add_argument("--config", default=_config_default(), help="models.yaml path")
+    fetch.add_argument("--config", default=config_default(), help="models.yaml path")
     fetch.add_argument("--cache-dir", help="Hugging Face hub cache folder (default: HF_HUB_CACHE)")
     fetch.set_defaults(func=cmd_fetch)
     _add_status(sub)
     _add_train_sentiment(sub)
+    from modelgate.compress.commands import add_commands as add_compress_commands
+
     add_compress_commands(sub)
     hk = sub.add_parser("hash-key", help="print the SHA-256 hash to configure for an API key")
     hk.add_argument("key", nargs="?", default="-", help="the key (default: read a line from stdin)")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from modelgate.cli import config_default
 
 DISTILL_DOC = """Trains a small student model to answer like a teacher, on CPU, offline.
 
@@ -47,13 +48,9 @@ quantized forms (dynamic-int8 on CPU; float16 and bfloat16 where the device has 
 of the teacher and of every candidate. Prints a table; --json FILE saves the report."""
 
 
-def _config_default() -> str:
-    return os.environ.get("MODELGATE_CONFIG", "models.yaml")
-
-
 def _common(p: argparse.ArgumentParser, *, teacher_help: str) -> None:
     p.add_argument("teacher", metavar="MODEL", help=teacher_help)
-    p.add_argument("--config", default=_config_default(), help="models.yaml to look MODEL up in")
+    p.add_argument("--config", default=config_default(), help="models.yaml to look MODEL up in")
     p.add_argument(
         "--corpus", type=Path, required=True, help="text file (one text a line), .whl or .csv"
     )

@@ -21,6 +21,12 @@ class CompressError(Exception):
     """A compression command cannot go on; the message is one line, fit to show a user."""
 
 
+def cannot_load(where: str, err: BaseException) -> CompressError:
+    """A model that failed to load, as one line naming it (the first line of the cause)."""
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return CompressError(f"{where}: cannot load: {first}")
+
+
 HELD_OUT = 0.1
 """Share of a text file's distinct lines kept out of training."""
 

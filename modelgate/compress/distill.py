@@ -35,14 +35,10 @@ from modelgate.compress.models import (
     load,
     parameters,
     pool,
-    save_model,
-    staged,
-    yaml_snippet,
+    publish,
 )
 
 CHECKPOINT = "checkpoint.pt"
-REPORT = "report.json"
-SNIPPET = "models-entry.yaml"
 
 Say = Callable[[str], None]
 
@@ -242,7 +238,8 @@ def distill(
     torch.manual_seed(options.seed)
     teacher, tokenizer = load(teacher_ref)
     student = build_student(teacher, tokenizer, spec, options.seed)
-    mapping = layer_map(teacher, spec) if options.hidden_weight > 0 else None
+    copied = layer_map(teacher, spec)
+    mapping = copied if options.hidden_weight > 0 else None
     key = fingerprint(teacher_ref, spec, corpus, options)
     labels = torch.tensor(corpus.train_labels) if corpus.train_labels is not None else None
     if labels is not None and teacher_ref.is_classifier:
@@ -312,7 +309,7 @@ def distill(
             "parameters": parameters(student),
             "teacher_parameters": parameters(teacher),
             "embeddings_frozen": freeze,
-            "teacher_layers": layer_map(teacher, spec),
+            "teacher_layers": copied,
         },
         "corpus": corpus.describe(),
         "options": asdict(options),
@@ -320,20 +317,8 @@ def distill(
         "seconds": {"training": round(trained_s, 1)},
         "versions": _versions(),
     }
-    with staged(out) as folder:
-        save_model(student, tokenizer, folder)
-        name = f"{teacher_ref.name}-student"
-        (folder / SNIPPET).write_text(yaml_snippet(name, teacher_ref, out.resolve()))
-        if evaluate_texts:
-            from modelgate.compress.evaluate import quality_of
-
-            clock = time.monotonic()
-            student_ref = ModelRef(
-                name, str(folder.resolve()), teacher_ref.task, teacher_ref.pooling
-            )
-            report["held_out"] = quality_of(teacher_ref, student_ref, corpus, evaluate_texts)
-            report["seconds"]["evaluation"] = round(time.monotonic() - clock, 1)
-        (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    name = f"{teacher_ref.name}-student"
+    publish(out, student, tokenizer, teacher_ref, name, corpus, evaluate_texts, report)
     checkpoint.unlink(missing_ok=True)
     return report
 

@@ -19,9 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelgate.compress.data import CompressError, Corpus
+from modelgate.compress.data import CompressError, Corpus, cannot_load
 from modelgate.compress.models import ModelRef
-from modelgate.sentiment.train import quiet_transformers
+from modelgate.modelfiles import quiet_transformers
+from modelgate.sentiment.corpus import macro_f1
 
 VARIANTS = ("dynamic-int8", "float16", "bfloat16")
 """Cheaper forms of a model that evaluate can add beside it (``--variants``)."""
@@ -110,10 +111,7 @@ def build_rows(
             with quiet_transformers():
                 row.engine = build_engine(spec_for(row, device, i))
         except Exception as err:  # a model that does not load is the user's to fix: say which
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise CompressError(
-                f"{row.ref.location} ({row.variant}): cannot load: {first}"
-            ) from None
+            raise cannot_load(f"{row.ref.location} ({row.variant})", err) from None
         say(f"loaded {row.label} ({time.perf_counter() - started:.1f} s)")
     return rows, skipped
 
@@ -182,16 +180,7 @@ def class_quality(
     return figures
 
 
-def macro_f1(truth: list[int], predicted: list[int], classes: int) -> float:
-    scores = []
-    for c in range(classes):
-        hits = sum(t == p == c for t, p in zip(truth, predicted, strict=True))
-        misses = sum((t == c) != (p == c) for t, p in zip(truth, predicted, strict=True))
-        scores.append(2 * hits / (2 * hits + misses) if hits + misses else 0.0)
-    return sum(scores) / classes
-
-
-def quality(rows: list[Row], corpus: Corpus, texts: list[str], truth: list[int] | None) -> None:
+def quality(rows: list[Row], corpus: Corpus, truth: list[int] | None) -> None:
     want = rows[0].outputs
     for row in rows:
         if row.ref.is_classifier:
@@ -210,7 +199,7 @@ def quality_of(
     truth = corpus.held_out_labels[:limit] if corpus.held_out_labels is not None else None
     for row in rows:
         row.outputs = run_all(row.engine, texts)
-    quality(rows, corpus, texts, truth)
+    quality(rows, corpus, truth)
     figures = {"texts": len(texts), "candidate": rows[1].figures}
     if teacher.is_classifier and "accuracy" in rows[0].figures:
         figures["teacher"] = {k: rows[0].figures[k] for k in ("accuracy", "macro_f1")}
@@ -296,7 +285,7 @@ def evaluate(
     say(f"answering {len(texts)} held-out texts with each of {len(rows)} rows")
     for row in rows:
         row.outputs = run_all(row.engine, texts)
-    quality(rows, corpus, texts, truth)
+    quality(rows, corpus, truth)
     if seconds > 0:
         say(f"timing: {seconds:.0f} s per row and measure, {rounds} rounds round robin")
         speed(rows, texts, seconds, rounds, batch)

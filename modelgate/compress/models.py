@@ -10,16 +10,16 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from contract.config import ConfigError, load_registry, resolve_source
-from modelgate.compress.data import CompressError
-from modelgate.sentiment.train import quiet_transformers
+from modelgate.compress.data import CompressError, Corpus, cannot_load
+from modelgate.modelfiles import quiet_transformers, save_model, staged
+
+REPORT = "report.json"
+SNIPPET = "models-entry.yaml"
 
 TASKS = ("feature-extraction", "text-classification")
 """What can be distilled, pruned and evaluated: embeddings (pooled vectors) and classifiers."""
@@ -99,8 +99,7 @@ def load(ref: ModelRef) -> tuple[Any, Any]:
             tokenizer = AutoTokenizer.from_pretrained(ref.location, **revision)
             model = auto.from_pretrained(ref.location, **revision)
         except Exception as err:  # any failure to load is one line naming the model
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise CompressError(f"{ref.location}: cannot load: {first}") from None
+            raise cannot_load(ref.location, err) from None
     return model.eval(), tokenizer
 
 
@@ -165,32 +164,15 @@ def pooled(model: Any, batch: dict[str, Any], pooling: str) -> Any:
 
 
 def pool(tokens: Any, mask: Any, pooling: str) -> Any:
-    """Mean of the token vectors over the attention mask, or the first token's."""
-    if pooling == "cls":
-        return tokens[:, 0]
-    weights = mask.unsqueeze(-1).to(tokens.dtype)
-    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    """Mean of the token vectors over the attention mask (the worker's own ``mean_pool``), or
+    the first token's."""
+    from workers.engines.base import mean_pool
+
+    return tokens[:, 0] if pooling == "cls" else mean_pool(tokens, mask)
 
 
 def parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def folder_bytes(folder: Path) -> int:
-    """Bytes of a model folder's weight files."""
-    return sum(
-        p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt")
-    )
-
-
-def save_model(model: Any, tokenizer: Any, folder: Path) -> None:
-    """``save_pretrained`` of model and tokenizer, readable by a worker running as anyone."""
-    with quiet_transformers():
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    for path in folder.iterdir():
-        if path.is_file():
-            path.chmod(0o644)
 
 
 def yaml_snippet(name: str, ref: ModelRef, folder: Path) -> str:
@@ -225,19 +207,29 @@ def check_out(out: Path, *, resumable: str | None = None) -> None:
             )
 
 
-@contextmanager
-def staged(out: Path) -> Iterator[Path]:
-    """A sibling ``.partial`` folder to write into, moved into place when the block completes:
-    ``out`` never holds a half-written model."""
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    out.mkdir(parents=True, exist_ok=True)
-    for path in staging.iterdir():
-        path.replace(out / path.name)
-    staging.rmdir()
+def publish(
+    out: Path,
+    model: Any,
+    tokenizer: Any,
+    ref: ModelRef,
+    name: str,
+    corpus: Corpus,
+    evaluate_texts: int,
+    report: dict[str, Any],
+) -> None:
+    """Save ``model`` into ``out`` with its models.yaml entry (served as ``ref`` is, under
+    ``name``) and ``report``, to which the held-out quality against ``ref`` is added first
+    (on ``evaluate_texts`` texts; none when 0)."""
+    import time
+
+    with staged(out) as folder:
+        save_model(model, tokenizer, folder)
+        (folder / SNIPPET).write_text(yaml_snippet(name, ref, out.resolve()))
+        if evaluate_texts:
+            from modelgate.compress.evaluate import quality_of
+
+            clock = time.monotonic()
+            saved = ModelRef(name, str(folder.resolve()), ref.task, ref.pooling)
+            report["held_out"] = quality_of(ref, saved, corpus, evaluate_texts)
+            report.setdefault("seconds", {})["evaluation"] = round(time.monotonic() - clock, 1)
+        (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")

@@ -19,7 +19,6 @@ recovers much of it."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +34,8 @@ from modelgate.compress.models import (
     load,
     parameters,
     pooled,
-    save_model,
-    staged,
-    yaml_snippet,
+    publish,
 )
-
-REPORT = "report.json"
-SNIPPET = "models-entry.yaml"
 
 
 @dataclass(frozen=True)
@@ -221,14 +215,5 @@ def prune(
         report["ffn_channels"] = {"before": before, "after": channels}
     report["parameters"] = {"before": params_before, "after": parameters(model)}
     report["seconds"] = {"pruning": round(time.monotonic() - began, 1)}
-    with staged(out) as folder:
-        save_model(model.eval(), tokenizer, folder)
-        name = f"{ref.name}-pruned"
-        (folder / SNIPPET).write_text(yaml_snippet(name, ref, out.resolve()))
-        if evaluate_texts:
-            from modelgate.compress.evaluate import quality_of
-
-            candidate = ModelRef(name, str(folder.resolve()), ref.task, ref.pooling)
-            report["held_out"] = quality_of(ref, candidate, corpus, evaluate_texts)
-        (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    publish(out, model.eval(), tokenizer, ref, f"{ref.name}-pruned", corpus, evaluate_texts, report)
     return report

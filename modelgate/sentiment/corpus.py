@@ -147,19 +147,21 @@ def stratified_split(examples: Sequence[Example], seed: int, held_out: float = 0
     return split
 
 
-def f1_per_class(truth: Sequence[int], predicted: Sequence[int]) -> list[float]:
-    """F1 of each label id; 0.0 for a class neither present nor predicted."""
+def f1_per_class(
+    truth: Sequence[int], predicted: Sequence[int], classes: int = len(LABELS)
+) -> list[float]:
+    """F1 of each label id below ``classes``; 0.0 for a class neither present nor predicted."""
     pairs = list(zip(truth, predicted, strict=True))
     f1 = []
-    for c in range(len(LABELS)):
+    for c in range(classes):
         hits = sum(t == p == c for t, p in pairs)
         misses = sum((t == c) != (p == c) for t, p in pairs)
         f1.append(2 * hits / (2 * hits + misses) if hits + misses else 0.0)
     return f1
 
 
-def macro_f1(truth: Sequence[int], predicted: Sequence[int]) -> float:
-    return sum(f1_per_class(truth, predicted)) / len(LABELS)
+def macro_f1(truth: Sequence[int], predicted: Sequence[int], classes: int = len(LABELS)) -> float:
+    return sum(f1_per_class(truth, predicted, classes)) / classes
 
 
 def scores(truth: Sequence[int], predicted: Sequence[int]) -> dict[str, Any]:

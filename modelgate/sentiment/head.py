@@ -5,12 +5,10 @@ with no corpus and no training. ``head.safetensors`` and ``report.json`` here ar
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from modelgate.modelfiles import staged
 from modelgate.sentiment.corpus import LABELS, SentimentError
 
 HERE = Path(__file__).parent
@@ -39,16 +37,6 @@ def save_head(model: Any, path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file(head_tensors(model), str(path))
-
-
-@contextmanager
-def staged(out: Path) -> Iterator[Path]:
-    """A sibling ``.partial`` folder to write into, renamed to ``out`` once the block
-    completes: ``out`` never appears half written."""
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    yield staging
-    staging.rename(out)
 
 
 def build(out: Path, *, encoder: Path | None = None, head: Path = HEAD_FILE) -> Path:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from modelgate.modelfiles import quiet_transformers, save_model, staged
 from modelgate.sentiment.corpus import (
     BATCH,
     EPOCHS,
@@ -37,7 +38,7 @@ from modelgate.sentiment.corpus import (
     scores,
     stratified_split,
 )
-from modelgate.sentiment.head import save_head, staged
+from modelgate.sentiment.head import save_head
 
 
 def train(
@@ -167,13 +168,7 @@ def load_classifier(encoder: Path, seed: int) -> tuple[Any, Any]:
 def save_folder(model: Any, tokenizer: Any, folder: Path) -> None:
     model.config.problem_type = "single_label_classification"
     tokenizer.model_max_length = SERVED_MAX_LENGTH
-    with quiet_transformers():
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    # safetensors 0.8 writes model.safetensors as 0600; a worker running as another user (a
-    # container mounting models/) must be able to read it.
-    for path in folder.iterdir():
-        path.chmod(0o644)
+    save_model(model, tokenizer, folder)
 
 
 def _embed(texts: list[str], model: Any, tokenizer: Any, say: Say) -> Tensor:
@@ -263,22 +258,6 @@ def _classify(folder: Path, texts: list[str]) -> list[int]:
     for i, output in zip(order, outputs, strict=True):
         labels[i] = LABELS.index(output["label"])
     return labels
-
-
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """No load report (it lists the new classifier as missing, as expected) and no bars."""
-    from transformers.utils import logging
-
-    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-        if bars:
-            logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 @contextmanager

@@ -391,6 +391,7 @@ def test_the_cli_runs_and_refuses_mistakes_in_one_line(
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert json.loads((tmp_path / "r.json").read_text())["rows"][1]["model"] == "cli-student"
+    distill = ["distill", embedder.location, "--corpus", str(texts_file)]
     mistakes = [
         (
             [
@@ -403,40 +404,13 @@ def test_the_cli_runs_and_refuses_mistakes_in_one_line(
             ],
             "no such corpus file",
         ),
-        (
-            ["distill", embedder.location, "--corpus", str(texts_file), "--out", str(out)],
-            "not empty",
-        ),
+        ([*distill, "--out", str(out)], "not empty"),
         (
             ["distill", "nosuchmodel", "--corpus", str(texts_file), "--out", str(tmp_path / "y")],
             "not a model folder",
         ),
-        (
-            [
-                "distill",
-                embedder.location,
-                "--corpus",
-                str(texts_file),
-                "--out",
-                str(tmp_path / "z"),
-                "--alpha",
-                "2",
-            ],
-            "--alpha",
-        ),
-        (
-            [
-                "distill",
-                embedder.location,
-                "--corpus",
-                str(texts_file),
-                "--out",
-                str(tmp_path / "z"),
-                "--layers",
-                "0,9",
-            ],
-            "from 0 to 3",
-        ),
+        ([*distill, "--out", str(tmp_path / "z"), "--alpha", "2"], "--alpha"),
+        ([*distill, "--out", str(tmp_path / "z"), "--layers", "0,9"], "from 0 to 3"),
         (
             ["prune", embedder.location, "--corpus", str(texts_file), "--out", str(tmp_path / "p")],
             "nothing to prune",

@@ -11,9 +11,9 @@ import torch
 from contract.config import load_registry
 from modelgate.compress.data import CompressError, load_corpus
 from modelgate.compress.distill import Options, batch_rows, loss_summary
-from modelgate.compress.evaluate import class_quality, embedding_quality, macro_f1, top_k_overlap
+from modelgate.compress.evaluate import class_quality, embedding_quality, top_k_overlap
 from modelgate.compress.models import ModelRef, every_kth, parse_layers, yaml_snippet
-from modelgate.sentiment.corpus import LABELS
+from modelgate.sentiment.corpus import LABELS, macro_f1
 
 ROOT = Path(__file__).resolve().parents[2]
 
