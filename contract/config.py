@@ -92,6 +92,11 @@ class ModelSpec(_Strict):
     replicas: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
     """Workers ``modelgate up`` starts; ``auto``: see :meth:`Registry.worker_counts`."""
     threads: Annotated[int, Field(gt=0, le=256)] | None = None
+    scale_to_zero: bool = False
+    """Whether an autoscaler (KEDA, ``modelgate k8s``) may stop every worker of this model while
+    its queues are empty. The gateway then queues a request for the model with no live worker
+    (the queue length wakes a worker) instead of answering 503, and the request waits for its
+    answer within ``timeout_s``, which must cover a cold start."""
     compile: bool = False
     quantize: Literal["dynamic-int8"] | None = None
     fast_path: bool = True

@@ -87,6 +87,11 @@ class Keys:
         """The Redis key of a model's lane: the list of its queued job ids."""
         return queue_key(self.queue(model, lane))
 
+    def replication_mark(self) -> str:
+        """Written just before a ``WAIT``, so the wait covers every earlier write (see
+        ``contract.redisconn.replication_commands``); it expires in seconds."""
+        return f"{self.prefix}:replication-mark"
+
     def reaper_lock(self, model: str) -> str:
         """Held for a moment by the one worker of a model that is recovering lost jobs."""
         return f"{self.prefix}:reaper:{model}"
@@ -319,6 +324,8 @@ ERR_DEADLINE_EXCEEDED = "deadline_exceeded"
 ERR_FORBIDDEN_FUNC = "forbidden_function"
 ERR_BAD_PAYLOAD = "invalid_job"
 ERR_WORKER_LOST = "worker_lost"
+ERR_REDIS_UNAVAILABLE = "redis_unavailable"
+"""A job lost with a Redis that failed over before passing it on (the gateway's own verdict)."""
 ERR_INPUT_TOO_LONG = "input_too_long"
 ERR_INVALID_INPUT = "invalid_input"
 """An input the model cannot take as it is (a fill-mask text without the mask token)."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis import Redis
 from redis.exceptions import RedisError
 
 from contract.jobs import DEFAULT_PREFIX
+from contract.redisconn import is_sentinel, sync_client
 
 DEFAULT_EXPORT_DIR = "~/.cache/modelgate/exports"
 
@@ -35,8 +35,19 @@ class CommonSettings(BaseSettings):
     export_dir: str = DEFAULT_EXPORT_DIR
     """Where workers keep the ONNX exports of ``engine: onnx``/``openvino`` models
     (``MODELGATE_EXPORT_DIR``)."""
+    replica_acks: int | None = Field(default=None, ge=0, le=16)
+    """Replicas that must hold an accepted async job and a finished batch before modelgate
+    counts them done (``MODELGATE_REPLICA_ACKS``, Redis ``WAIT``); unset: 1 with a
+    ``redis+sentinel://`` URL (a failover must not lose what was accepted), else 0."""
     log_format: str = "text"
     log_level: str = "INFO"
+
+    @property
+    def acks(self) -> int:
+        """:attr:`replica_acks` with its default resolved."""
+        if self.replica_acks is not None:
+            return self.replica_acks
+        return 1 if is_sentinel(self.redis_url) else 0
 
     @property
     def redis_given(self) -> bool:
@@ -57,7 +68,7 @@ def redacted(url: str) -> str:
 def unreachable(url: str, timeout_s: float = 3.0) -> str | None:
     """Why Redis at ``url`` cannot be used (one line), or None when it answers PING."""
     try:
-        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        client = sync_client(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         try:
             client.ping()
         finally:

@@ -4,8 +4,11 @@ the weights they serve; the admission check every request passes before anything
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC
 
 import redis.asyncio as aredis
+from rq.job import Job
+from rq.utils import utcparse
 
 from contract.config import ModelSpec
 from contract.jobs import BULK, INTERACTIVE, PRESENCE_TTL_S, Keys
@@ -22,11 +25,30 @@ if #names > 0 then fps = redis.call('HMGET', KEYS[3], unpack(names)) end
 return {#names, redis.call('LLEN', KEYS[2]), fps, redis.call('LLEN', KEYS[4])}
 """
 
+_OLDEST = """
+local t = redis.call('TIME')
+local out = {t[1] .. '.' .. string.format('%06d', tonumber(t[2]))}
+for i, key in ipairs(KEYS) do
+  local id = redis.call('LINDEX', key, 0)
+  local at = false
+  if id then at = redis.call('HGET', ARGV[1] .. id, 'enqueued_at') end
+  out[i + 1] = at or ''
+end
+return out
+"""
+"""The Redis server's time and the enqueue time of the job at the head of each queue (the
+one waiting longest: RQ appends at the tail and workers take from the head). The job keys are
+derived in the script, which a standalone Redis or Sentinel allows (not Redis Cluster)."""
+
 _LIVE_NAMES = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'WITHSCORES')
 """
+
+
+JOB_KEY_PREFIX = Job.redis_job_namespace_prefix
+"""Where RQ keeps a job's hash: this plus its id."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,7 @@ class Admission:
         self.keys = keys
         self._live = conn.register_script(_LIVE)
         self._live_names = conn.register_script(_LIVE_NAMES)
+        self._oldest = conn.register_script(_OLDEST)
 
     async def load(self, model: str) -> ModelLoad:
         keys = [
@@ -69,6 +92,21 @@ class Admission:
             live, depth, fps, bulk = await self._live(keys=keys)
         fingerprints = frozenset(f.decode() for f in fps if f)
         return ModelLoad(int(live), int(depth), fingerprints, int(bulk))
+
+    async def oldest(self, model: str) -> dict[str, float]:
+        """Per lane, how long its oldest queued job has waited (seconds; 0 when none waits):
+        what an autoscaler or an alert on a stuck model watches beside the queue length."""
+        lanes = [INTERACTIVE, BULK]
+        async with redis_errors():
+            now, *stamps = await self._oldest(
+                keys=[self.keys.queue_key(model, lane) for lane in lanes], args=[JOB_KEY_PREFIX]
+            )
+        server_now = float(now)
+        ages = {}
+        for lane, stamp in zip(lanes, stamps, strict=True):
+            at = utcparse(stamp.decode()).replace(tzinfo=UTC).timestamp() if stamp else None
+            ages[lane] = max(0.0, server_now - at) if at is not None else 0.0
+        return ages
 
     async def load_error(self, model: str) -> str | None:
         """Why the model's last worker could not load it, while that stands (see
@@ -100,7 +138,9 @@ class Admission:
         """Refuse at once what no worker would serve soon: no live worker, or a full queue in
         the lane the work would join."""
         load = await self.load(spec.name)
-        if load.live_workers == 0:
+        if load.live_workers == 0 and spec.scale_to_zero and not await self.load_error(spec.name):
+            pass  # queued: the queue's length wakes a worker (KEDA), within the deadline
+        elif load.live_workers == 0:
             if await self._full():
                 # Workers cannot renew their presence in a full Redis: say what is wrong.
                 raise RedisOutOfMemory("Redis is full (maxmemory reached); retry shortly")

@@ -68,6 +68,7 @@ def create_app(
                     max_connections=settings.redis_max_connections,
                     pool_timeout_s=settings.redis_pool_timeout_s,
                     coalesce=settings.coalesce,
+                    replica_acks=settings.acks,
                 )
                 stack.push_async_callback(opened.close)
                 _attach(app, opened, settings)

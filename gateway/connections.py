@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aredis
-from redis import Redis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,6 +26,7 @@ from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contract.jobs import is_oom
+from contract.redisconn import async_client, async_pool, sync_client
 from gateway.errors import Overloaded, RedisOutOfMemory, RedisUnavailable
 
 COMMAND_TIMEOUT_S = 2.0
@@ -91,7 +91,7 @@ class Connections:
     ) -> None:
         name = f"modelgate-gateway-{os.getpid()}"
         self.client_name = name
-        self._pools: dict[str, BoundedPool] = {}
+        self._pools: dict[str, Any] = {}
         self.conn = self._client(
             "jobs", redis_url, max_connections, pool_timeout_s, connect_timeout_s
         )
@@ -100,7 +100,7 @@ class Connections:
             if cache_url and cache_url != redis_url
             else self.conn
         )
-        self.sync = Redis.from_url(redis_url, client_name=name)
+        self.sync = sync_client(redis_url, client_name=name)
         self.redis_url = redis_url
         self.connect_timeout_s = connect_timeout_s
 
@@ -110,8 +110,9 @@ class Connections:
         # After a Redis restart every pooled connection is dead and fails its next command once:
         # retry that once, at once, on a new connection. A Redis that is down still fails in
         # milliseconds (refused twice); timeouts are not retried, so their bound stays.
-        pool = BoundedPool.from_url(
+        pool = async_pool(
             url,
+            BoundedPool,
             max_connections=size,
             timeout=wait_s,
             socket_timeout=COMMAND_TIMEOUT_S,
@@ -124,13 +125,16 @@ class Connections:
         return aredis.Redis(connection_pool=pool)
 
     def blocking_client(self, socket_timeout_s: float) -> aredis.Redis:
-        """One connection of its own for a blocking reader (the reply listener)."""
-        return aredis.Redis.from_url(
+        """One connection of its own for a blocking reader (the reply listener). It never
+        retries inside a command: a reader must see every lost connection, since Redis may
+        have failed over meanwhile (see ``ReplyListener._recheck``)."""
+        return async_client(
             self.redis_url,
             single_connection_client=True,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=self.connect_timeout_s,
             client_name=self.client_name,
+            retry=AsyncRetry(NoBackoff(), 0),
         )
 
     def pool_stats(self) -> dict[str, tuple[int, int, int]]:

@@ -32,6 +32,7 @@ from contract.jobs import (
     ERR_INFERENCE_TIMEOUT,
     ERR_INPUT_TOO_LONG,
     ERR_INVALID_INPUT,
+    ERR_REDIS_UNAVAILABLE,
     ERR_WORKER_LOST,
     ERROR_META_KEY,
     INTERACTIVE,
@@ -46,6 +47,7 @@ from contract.jobs import (
     job_result,
 )
 from contract.jobs import queue_key as contract_queue_key
+from contract.redisconn import ReplicaAcks, areplicated
 from gateway.admission import Admission
 from gateway.coalesce import Coalescer, Entry
 from gateway.connections import Connections, redis_errors
@@ -55,6 +57,7 @@ from gateway.errors import (
     InferenceTimeout,
     InvalidInput,
     PayloadTooLarge,
+    RedisUnavailable,
     WorkerLost,
 )
 from gateway.replies import ReplyListener
@@ -155,6 +158,7 @@ ERROR_CODES_BY_WORKER_CODE: dict[str, type[GatewayError]] = {
     ERR_INPUT_TOO_LONG: PayloadTooLarge,
     ERR_INVALID_INPUT: InvalidInput,
     ERR_WORKER_LOST: WorkerLost,
+    ERR_REDIS_UNAVAILABLE: RedisUnavailable,
 }
 """Worker failure codes to the API error they surface as; any other is inference_failed."""
 
@@ -177,8 +181,11 @@ class Dispatcher:
         pool_timeout_s: float = 5.0,
         connect_timeout_s: float = 1.0,
         coalesce: bool = True,
+        replica_acks: int = 0,
     ) -> None:
         self.keys = keys
+        self.replica_acks = ReplicaAcks(keys.replication_mark(), replica_acks)
+        """Replicas that must hold an async job before it counts as accepted (Redis WAIT)."""
         self.connections = Connections(
             redis_url,
             cache_url=cache_url,
@@ -227,7 +234,14 @@ class Dispatcher:
             await self._rq_server_version()
             commands = self._job_commands(spec, payload, job_id, meta or {}, result_ttl_s, BULK)
             await self._send(commands + self._remember(job_id, result_ttl_s))
+            await self._replicated()
         return job_id
+
+    async def _replicated(self) -> None:
+        """With replicas to wait for, return once they hold what this process wrote (an
+        accepted async job survives a failover); short of them, accept and count it."""
+        if self.replica_acks.wanted:
+            await areplicated(self.conn, self.replica_acks)
 
     def _remember(self, job_id: str, ttl_s: int) -> Commands:
         """List an async job among the recent ones (the dashboard's), keeping the newest."""
@@ -402,6 +416,7 @@ class Dispatcher:
         commands = recorded(self.sync, finished) + self._remember(job_id, ttl_s)
         async with redis_errors():
             await self._send(commands)
+            await self._replicated()
         return job_id
 
     async def join(self, job_id: str, wait_s: float) -> asyncio.Future[Reply]:

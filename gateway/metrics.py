@@ -95,6 +95,11 @@ class DeploymentCollector(Collector):
             "jobs waiting in the model's lane (interactive: sync requests; bulk: async jobs)",
             labels=["model", "lane"],
         )
+        oldest = GaugeMetricFamily(
+            "modelgate_queue_oldest_seconds",
+            "how long the oldest job waiting in the model's lane has waited (0: none waits)",
+            labels=["model", "lane"],
+        )
         live = GaugeMetricFamily(
             "modelgate_live_workers", "workers heart-beating for the model", labels=["model"]
         )
@@ -120,6 +125,8 @@ class DeploymentCollector(Collector):
         for model, snap in sorted(self.snapshot.items()):
             depth.add_metric([model, "interactive"], snap["queue_depth"])
             depth.add_metric([model, "bulk"], snap["bulk_queue_depth"])
+            for lane, age in snap["oldest_s"].items():
+                oldest.add_metric([model, lane], age)
             live.add_metric([model], snap["live_workers"])
             stats: dict[str, int] = snap["stats"]
             jobs.add_metric([model], stats.get("jobs", 0))
@@ -133,7 +140,7 @@ class DeploymentCollector(Collector):
             for lane in LANES:
                 lane_items.add_metric([model, lane], stats.get(f"items_{lane}", 0))
                 lane_wait.add_metric([model, lane], *_wait_histogram(stats, lane))
-        yield from (depth, live, jobs, items, batch, lane_items, lane_wait)
+        yield from (depth, oldest, live, jobs, items, batch, lane_items, lane_wait)
 
 
 def _wait_histogram(stats: dict[str, int], lane: str) -> tuple[list[tuple[str, int]], float]:
@@ -274,5 +281,6 @@ async def _snapshot(model: str, dispatcher: Dispatcher) -> dict[str, Any]:
         "queue_depth": load.queue_depth,
         "bulk_queue_depth": load.bulk_depth,
         "live_workers": load.live_workers,
+        "oldest_s": await dispatcher.admission.oldest(model),
         "stats": stats,
     }

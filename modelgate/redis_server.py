@@ -51,7 +51,8 @@ class RedisServer:
     """Starts redis-server bound to 127.0.0.1; ``stop()`` ends it. With ``persistent`` it keeps
     an append-only file, so a ``restart()`` (same port, same data) loses no queued job.
     ``maxmemory`` (bytes, or Redis units such as ``512mb``; "0": none) and ``policy`` set its
-    memory budget and what happens at it."""
+    memory budget and what happens at it; ``extra_args`` go on its command line last (say,
+    ``["--replicaof", "127.0.0.1", "6380"]``)."""
 
     def __init__(
         self,
@@ -62,7 +63,9 @@ class RedisServer:
         password: str | None = None,
         maxmemory: str = "0",
         policy: str = JOBS_POLICY,
+        extra_args: list[str] | None = None,
     ) -> None:
+        self.extra_args = list(extra_args or [])
         self.maxmemory = maxmemory
         self.policy = policy
         self.port = port or free_port()
@@ -101,6 +104,7 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         # Its own session: a Ctrl-C or group-wide SIGTERM must not take Redis away before the
         # workers and gateway have finished with it; its owner stops it by PID.
         self.proc = subprocess.Popen(

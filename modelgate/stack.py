@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from contract.config import Registry
 from contract.jobs import PRESENCE_TTL_S, Keys
+from contract.redisconn import sync_client
 from contract.settings import CommonSettings, unreachable
 from modelgate.redis_server import CACHE_POLICY, JOBS_POLICY, RedisServer
 
@@ -195,7 +196,7 @@ class Stack:
 
     def _redis(self) -> Redis:
         assert self.redis_url
-        return Redis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        return sync_client(self.redis_url, socket_timeout=2, socket_connect_timeout=2)
 
     def _present(self, client: Redis, child: Child) -> bool:
         score = client.zscore(self.keys.presence(child.model), child.name)

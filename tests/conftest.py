@@ -18,6 +18,7 @@ import pytest
 import yaml
 from redis import Redis
 
+from contract.redisconn import sync_client
 from modelgate.redis_server import RedisServer, free_port
 from tests.modelfactory import build_tiny, build_tiny_classifier
 
@@ -238,7 +239,7 @@ def start_worker(
     )
     worker = WorkerProc(name, model, proc)
     if wait:
-        client = Redis.from_url(redis_url)
+        client = sync_client(redis_url)
         wait_until(
             lambda: is_present(client, model, name) or proc.poll() is not None,
             120,

@@ -45,6 +45,7 @@ from contract.jobs import (
     segments_of,
 )
 from contract.recent import Tally
+from contract.redisconn import ReplicaAcks, replicated
 from workers import rqadapter
 from workers.chunks import RedisChunks
 from workers.lanes import LaneQueue
@@ -160,9 +161,14 @@ class BatchingWorker(SimpleWorker):
         on_batch: Callable[[int], None] | None = None,
         cache_connection: redis.Redis | None = None,
         lanes: LanePolicy | None = None,
+        replica_acks: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(queues, **kwargs)
+        self.replica_acks = ReplicaAcks(keys.replication_mark(), replica_acks)
+        """Replicas that must hold a batch's start and its results before the worker goes
+        on (Redis WAIT): a failover then neither hands a started job to a second worker nor
+        loses a result."""
         self.lanes = lanes or LanePolicy(1.0)
         self.pace = BulkPace(self.lanes.bulk_share, policy.max_size)
         self.interactive = queues[0]
@@ -421,9 +427,14 @@ class BatchingWorker(SimpleWorker):
             if segment_ids:
                 pipe.mget([self.keys.cancel(s) for s in segment_ids])
             replies = pipe.execute()
+        self._replicated()
         if segment_ids:
             batch.withdrawn = {s for s, v in zip(segment_ids, replies[-1], strict=True) if v}
         return executions
+
+    def _replicated(self) -> None:
+        if self.replica_acks.wanted:
+            replicated(self.connection, self.replica_acks)
 
     def _segment_ids(self, job: Job) -> list[str]:
         return [part.id for part in self._segments(job) or []]
@@ -661,6 +672,7 @@ class BatchingWorker(SimpleWorker):
         for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
             if outcome.error is not None and not is_sync(job.result_ttl):
                 self._record_failure(job, execution, outcome.error, batch.queue)
+        self._replicated()
         self._log_done(batch, outcomes, items, elapsed_ms)
         if self.on_batch is not None:
             self.on_batch(items)

@@ -21,6 +21,7 @@ from rq.serializers import JSONSerializer
 from contract.config import ConfigError, ModelSpec, Registry, load_registry
 from contract.jobs import LANES, LOAD_ERROR_TTL_S, Keys
 from contract.logs import configure_logging
+from contract.redisconn import sync_client
 from contract.settings import CommonSettings, unreachable
 from workers.batching import BatchingWorker
 from workers.engines import Engine
@@ -145,9 +146,7 @@ def serve(
         torch.set_num_threads(n_threads)
     log.info("torch threads: %d", torch.get_num_threads())
     keys = Keys(settings.prefix)
-    connection = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=5, health_check_interval=10
-    )
+    connection = sync_client(settings.redis_url, socket_connect_timeout=5, health_check_interval=10)
     engine = _load(spec, registry, connection, keys, export_root(settings.export_dir))
     if engine is None:
         return LOAD_FAILED
@@ -159,7 +158,7 @@ def serve(
     cache_connection = None
     if settings.cache_url and settings.cache_url != settings.redis_url:
         # Short timeouts: a cache that is away costs recomputation, never a batch's results.
-        cache_connection = Redis.from_url(
+        cache_connection = sync_client(
             settings.cache_url, socket_connect_timeout=1, socket_timeout=1
         )
     worker = BatchingWorker(
@@ -171,6 +170,7 @@ def serve(
         fingerprint=engine.fingerprint,
         cache_connection=cache_connection,
         lanes=LanePolicy(spec.bulk_share),
+        replica_acks=settings.acks,
         queue_class=LaneQueue,
         name=name or f"{spec.name}-{uuid.uuid4().hex[:8]}",
         connection=connection,

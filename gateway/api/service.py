@@ -49,16 +49,24 @@ async def metrics(
 @router.get(
     "/readyz", responses={503: {"description": "Redis unreachable or a model has no worker"}}
 )
-async def readyz(registry: RegistryDep, dispatcher: DispatcherDep) -> JSONResponse:
-    """Ready when Redis answers and every model has at least one live worker."""
+async def readyz(
+    registry: RegistryDep, dispatcher: DispatcherDep, models: bool = True
+) -> JSONResponse:
+    """Ready when Redis answers and every model has at least one live worker (a model with
+    ``scale_to_zero`` may have none: its requests wait in its queue for one). With
+    ``models=false``, ready when Redis answers: the readiness of one gateway replica behind a
+    load balancer, which a model without workers must not take out of service."""
     try:
         await dispatcher.ping()
+        if not models:
+            return JSONResponse({"status": "ready"})
         live = {
             m.name: (await dispatcher.admission.load(m.name)).live_workers for m in registry.models
         }
     except GatewayError as err:
         return JSONResponse(err.body(), status_code=503)
-    missing = [name for name, n in live.items() if n == 0]
+    asleep = {m.name for m in registry.models if m.scale_to_zero}
+    missing = [name for name, n in live.items() if n == 0 and name not in asleep]
     if missing:
         causes = {name: await dispatcher.admission.load_error(name) for name in missing}
         body = {

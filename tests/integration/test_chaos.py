@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +36,7 @@ from tests.conftest import (
     start_worker,
     wait_until,
 )
+from tests.drills import Load, Tally, await_jobs, tail_logs
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +44,6 @@ MODEL = "chaos"
 MODEL_TIMEOUT_S = 10.0
 CLIENT_TIMEOUT_S = MODEL_TIMEOUT_S + 5
 """A request that gets no answer within this long counts as lost."""
-
-DOCUMENTED = {
-    429: {"overloaded"},
-    503: {"redis_unavailable", "model_unavailable", "worker_lost"},
-    504: {"inference_timeout"},
-}
-"""The errors a request may meet while Redis or a worker goes away."""
-
-ENDED = {"finished", "failed", "canceled", "stopped"}
 
 LONG_JOB_INPUTS = 1000
 """Inputs of the job that keeps one worker busy (a second or two) while Redis goes away:
@@ -112,10 +103,7 @@ class ChaosStack:
         wait_until(lambda: _status(self.url + "/readyz") == 200, 60, "the gateway to be ready")
 
     def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-            for p in sorted(self.log_dir.glob("*.log"))
-        )
+        return tail_logs(self.log_dir)
 
 
 @pytest.fixture(scope="module")
@@ -282,131 +270,6 @@ def test_redis_outage_is_503_then_recovers(chaos: ChaosStack) -> None:
     assert recoveries is None, f"the long job was requeued {recoveries} time(s)"
 
 
-@dataclass
-class Tally:
-    """What the load loop saw: one entry per HTTP request, one per async job."""
-
-    sent: int = 0
-    succeeded: int = 0
-    failed: Counter[str] = field(default_factory=Counter)
-    unexpected: Counter[str] = field(default_factory=Counter)
-    lost: Counter[str] = field(default_factory=Counter)
-    jobs: list[str] = field(default_factory=list)
-    job_states: Counter[str] = field(default_factory=Counter)
-    unended: dict[str, str] = field(default_factory=dict)
-
-    def record(self, response: httpx.Response, ok: int) -> None:
-        if response.status_code == ok:
-            self.succeeded += 1
-            return
-        try:
-            code = response.json()["error"]["code"]
-        except (ValueError, KeyError, TypeError):
-            code = "<no error body>"
-        label = f"{response.status_code} {code}"
-        documented = code in DOCUMENTED.get(response.status_code, ())
-        bucket = self.failed if documented else self.unexpected
-        bucket[label] += 1
-
-    def report(self) -> dict[str, Any]:
-        return {
-            "requests": {
-                "sent": self.sent,
-                "succeeded": self.succeeded,
-                "failed_by_code": dict(self.failed),
-                "unexpected": dict(self.unexpected),
-                "lost": sum(self.lost.values()),
-                "lost_by_exception": dict(self.lost),
-            },
-            "async_jobs": {
-                "submitted": len(self.jobs),
-                "finished": self.job_states["finished"],
-                "failed_by_code": {k: v for k, v in self.job_states.items() if k != "finished"},
-                "unended": len(self.unended),
-                "unended_jobs": self.unended,
-            },
-        }
-
-
-class Load:
-    """Concurrent senders of distinct sync predicts, with an async job every few requests."""
-
-    def __init__(
-        self,
-        url: str,
-        tally: Tally,
-        *,
-        senders: int,
-        duration_s: float,
-        max_requests: int,
-        job_every: int = 5,
-    ) -> None:
-        self.url = url
-        self.tally = tally
-        self.senders = senders
-        self.job_every = job_every
-        self.max_requests = max_requests
-        self.until = time.monotonic() + duration_s
-
-    async def run(self) -> None:
-        limits = httpx.Limits(max_connections=self.senders * 2)
-        client = httpx.AsyncClient(base_url=self.url, timeout=CLIENT_TIMEOUT_S, limits=limits)
-        async with client as http:
-            await asyncio.gather(*(self._sender(http, s) for s in range(self.senders)))
-
-    async def _sender(self, http: httpx.AsyncClient, sender: int) -> None:
-        i = 0
-        while time.monotonic() < self.until and self.tally.sent < self.max_requests:
-            i += 1
-            self.tally.sent += 1
-            as_job = i % self.job_every == 0
-            path = f"/models/{MODEL}/jobs" if as_job else f"/models/{MODEL}/predict"
-            kind = "async" if as_job else "sync"
-            body = {"inputs": f"sender {sender} request {i} says something ({kind})"}
-            try:
-                r = await http.post(path, json=body)
-            except httpx.HTTPError as err:
-                self.tally.lost[type(err).__name__] += 1
-                continue
-            self.tally.record(r, 202 if as_job else 200)
-            if as_job and r.status_code == 202:
-                self.tally.jobs.append(r.json()["job_id"])
-            if r.status_code >= 400:
-                await asyncio.sleep(0.2)  # a polite client backs off on errors
-
-
-async def _await_jobs(url: str, tally: Tally, bound_s: float) -> None:
-    deadline = time.monotonic() + bound_s
-    gate = asyncio.Semaphore(64)
-
-    async def settle(http: httpx.AsyncClient, job_id: str) -> None:
-        last = "never answered"
-        async with gate:
-            while time.monotonic() < deadline:
-                wait = max(0.0, min(10.0, deadline - time.monotonic() - 1))
-                try:
-                    r = await http.get(f"/jobs/{job_id}", params={"wait": wait})
-                except httpx.HTTPError as err:
-                    last = type(err).__name__
-                    await asyncio.sleep(0.5)
-                    continue
-                body = r.json()
-                if r.status_code != 200:
-                    last = f"{r.status_code} {body.get('error', {}).get('code')}"
-                    await asyncio.sleep(0.5)
-                    continue
-                status = body["status"]
-                if status in ENDED:
-                    key = status if status != "failed" else f"failed {body['error']['code']}"
-                    tally.job_states[key] += 1
-                    return
-                last = status
-        tally.unended[job_id] = last
-
-    async with httpx.AsyncClient(base_url=url, timeout=15) as http:
-        await asyncio.gather(*(settle(http, j) for j in tally.jobs))
-
-
 async def _chaos(stack: ChaosStack, events: list[str], t0: float) -> None:
     def mark(what: str) -> None:
         events.append(f"{time.monotonic() - t0:5.1f} s  {what}")
@@ -429,10 +292,10 @@ def test_chaos_under_load(chaos: ChaosStack, tmp_path: Path) -> None:
     t0 = time.monotonic()
 
     async def drill() -> None:
-        load = Load(chaos.url, tally, senders=8, duration_s=25, max_requests=5000)
+        load = Load(chaos.url, MODEL, tally, senders=8, duration_s=25, max_requests=5000)
         await asyncio.gather(load.run(), _chaos(chaos, events, t0))
         events.append(f"{time.monotonic() - t0:5.1f} s  load ended")
-        await _await_jobs(chaos.url, tally, bound_s=40)
+        await await_jobs(chaos.url, tally, bound_s=40)
         events.append(f"{time.monotonic() - t0:5.1f} s  async jobs polled")
 
     asyncio.run(drill())

@@ -348,10 +348,11 @@ def test_docker_compose_config_accepts_the_file() -> None:
 
 
 def _healthcheck_code(services: dict[str, dict[str, Any]]) -> str:
+    """The worker healthcheck's shell line, as the container's shell gets it (compose turns
+    ``$$`` into ``$``)."""
     test = services["worker-minilm"]["healthcheck"]["test"]
-    assert test[:3] == ["CMD", "python", "-c"]
-    assert "$" not in test[3]  # compose would interpolate it
-    return str(test[3])
+    assert test[0] == "CMD-SHELL" and "modelgate probe worker" in test[1]
+    return str(test[1]).replace("$$", "$")
 
 
 def _run_check(code: str, redis_url: str, prefix: str, model: str) -> int:
@@ -360,10 +361,12 @@ def _run_check(code: str, redis_url: str, prefix: str, model: str) -> int:
         "MODELGATE_REDIS_URL": redis_url,
         "MODELGATE_PREFIX": prefix,
         "MODELGATE_MODEL": model,
+        # the image has modelgate on PATH; here it is the venv's
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("REDIS_URL", None)
     return subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, timeout=60, capture_output=True
+        ["sh", "-c", code], env=env, cwd=ROOT, timeout=60, capture_output=True
     ).returncode
 
 
