@@ -60,6 +60,16 @@ RQ_QUEUE_PREFIX = "rq:queue:"
 pins it to the RQ version installed)."""
 
 
+RQ_STARTED_PREFIX = "rq:wip:"
+"""Where RQ keeps a queue's started jobs, a sorted set (``StartedJobRegistry.key_template``;
+a test pins it)."""
+
+
+def started_key(queue_name: str) -> str:
+    """The Redis key of an RQ queue's started-job registry: jobs a worker runs right now."""
+    return RQ_STARTED_PREFIX + queue_name
+
+
 def queue_key(queue_name: str) -> str:
     """The Redis key of an RQ queue's list of job ids."""
     return RQ_QUEUE_PREFIX + queue_name
@@ -87,9 +97,13 @@ class Keys:
         """The Redis key of a model's lane: the list of its queued job ids."""
         return queue_key(self.queue(model, lane))
 
+    def started_key(self, model: str, lane: str = INTERACTIVE) -> str:
+        """The Redis key of the jobs of a model's lane that workers are running."""
+        return started_key(self.queue(model, lane))
+
     def replication_mark(self) -> str:
         """Written just before a ``WAIT``, so the wait covers every earlier write (see
-        ``contract.redisconn.replication_commands``); it expires in seconds."""
+        ``contract.redisconn.ReplicaAcks``); it expires in seconds."""
         return f"{self.prefix}:replication-mark"
 
     def reaper_lock(self, model: str) -> str:

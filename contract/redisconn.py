@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aredis
 from redis import Redis
@@ -37,6 +37,9 @@ SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 """Sentinel URL schemes, and whether each talks TLS to the master."""
 
 DEFAULT_SENTINEL_PORT = 26379
+
+SENTINEL_QUERY = {"sentinel_password"}
+"""Options a Sentinel URL may carry after ``?``; any other is refused, not ignored."""
 
 REPLICA_WAIT_MS = 1000
 """Longest a replicated write waits for a replica's acknowledgement (``WAIT``)."""
@@ -116,15 +119,12 @@ def parse_sentinel(url: str) -> SentinelURL | None:
     scheme, sep, _ = url.partition("://")
     if not sep or scheme.lower() not in SENTINEL_SCHEMES:
         return None
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as err:
+        raise BadRedisURL(f"not a valid Redis URL: {err}") from None
     credentials, at, hosts = parts.netloc.rpartition("@")
-    sentinels = []
-    for host in filter(None, hosts.split(",")):
-        name, colon, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
-        try:
-            sentinels.append((name or host, int(port) if colon else DEFAULT_SENTINEL_PORT))
-        except ValueError:
-            raise BadRedisURL(f"sentinel address {host!r} has no valid port") from None
+    sentinels = [_sentinel_address(host) for host in filter(None, hosts.split(","))]
     path = [unquote(p) for p in parts.path.split("/") if p]
     if not sentinels:
         raise BadRedisURL("a redis+sentinel:// URL needs at least one sentinel HOST:PORT")
@@ -135,16 +135,37 @@ def parse_sentinel(url: str) -> SentinelURL | None:
     except ValueError:
         raise BadRedisURL(f"database {path[1]!r} in the Redis URL is not a number") from None
     username, _, password = credentials.partition(":") if at else ("", "", "")
-    query = parse_qs(parts.query)
+    query: dict[str, str] = {}
+    for part in filter(None, parts.query.split("&")):
+        name, _, value = part.partition("=")
+        if name not in SENTINEL_QUERY:
+            known = ", ".join(sorted(SENTINEL_QUERY))
+            raise BadRedisURL(f"unknown option {name!r} in the Redis URL (known: {known})")
+        query[name] = unquote(value)
     return SentinelURL(
         sentinels=sentinels,
         master=path[0],
         db=db,
         username=unquote(username) or None,
         password=unquote(password) or None,
-        sentinel_password=query.get("sentinel_password", [None])[0],
+        sentinel_password=query.get("sentinel_password") or None,
         ssl=SENTINEL_SCHEMES[scheme.lower()],
     )
+
+
+def _sentinel_address(host: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` or ``[IPV6][:PORT]`` of one sentinel (port 26379 when left out)."""
+    if host.startswith("["):
+        address, bracket, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        if not bracket or (rest and not rest.startswith(":")):
+            raise BadRedisURL(f"sentinel address {host!r} is not [IPV6]:PORT")
+    else:
+        address, _, port = host.partition(":")
+    try:
+        return address, int(port) if port else DEFAULT_SENTINEL_PORT
+    except ValueError:
+        raise BadRedisURL(f"sentinel address {host!r} has no valid port") from None
 
 
 def is_sentinel(url: str) -> bool:

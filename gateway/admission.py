@@ -29,16 +29,25 @@ _OLDEST = """
 local t = redis.call('TIME')
 local out = {t[1] .. '.' .. string.format('%06d', tonumber(t[2]))}
 for i, key in ipairs(KEYS) do
-  local id = redis.call('LINDEX', key, 0)
-  local at = false
-  if id then at = redis.call('HGET', ARGV[1] .. id, 'enqueued_at') end
-  out[i + 1] = at or ''
+  local oldest = ''
+  for _, id in ipairs(redis.call('LRANGE', key, 0, 7)) do
+    local at = redis.call('HGET', ARGV[1] .. id, 'enqueued_at')
+    if at and (oldest == '' or at < oldest) then oldest = at end
+  end
+  local last = redis.call('LINDEX', key, -1)
+  if last then
+    local at = redis.call('HGET', ARGV[1] .. last, 'enqueued_at')
+    if at and (oldest == '' or at < oldest) then oldest = at end
+  end
+  out[i + 1] = oldest
 end
 return out
 """
-"""The Redis server's time and the enqueue time of the job at the head of each queue (the
-one waiting longest: RQ appends at the tail and workers take from the head). The job keys are
-derived in the script, which a standalone Redis or Sentinel allows (not Redis Cluster)."""
+"""The Redis server's time and, per queue, the earliest enqueue time among the jobs at its
+head (workers take from the head; RQ appends at the tail, but a high-priority job goes in front,
+so the longest-waiting job is among the first few) and its tail. RQ's ISO timestamps compare as
+strings. The job keys are derived in the script, which a standalone Redis or Sentinel allows
+(not Redis Cluster)."""
 
 _LIVE_NAMES = """
 local t = redis.call('TIME')
@@ -80,6 +89,8 @@ class Admission:
         self._live = conn.register_script(_LIVE)
         self._live_names = conn.register_script(_LIVE_NAMES)
         self._oldest = conn.register_script(_OLDEST)
+        self._last_fingerprint: dict[str, str] = {}
+        """Each model's weights as this process last saw its workers serve them."""
 
     async def load(self, model: str) -> ModelLoad:
         keys = [
@@ -91,6 +102,13 @@ class Admission:
         async with redis_errors():
             live, depth, fps, bulk = await self._live(keys=keys)
         fingerprints = frozenset(f.decode() for f in fps if f)
+        if len(fingerprints) == 1:
+            self._last_fingerprint[model] = next(iter(fingerprints))
+        elif not fingerprints and model in self._last_fingerprint:
+            # No worker now (a model scaled to zero): the weights its workers served last, so
+            # a cached answer is still found without waking the model. A changed models.yaml
+            # restarts the gateway, which forgets them.
+            fingerprints = frozenset({self._last_fingerprint[model]})
         return ModelLoad(int(live), int(depth), fingerprints, int(bulk))
 
     async def oldest(self, model: str) -> dict[str, float]:
@@ -107,6 +125,15 @@ class Admission:
             at = utcparse(stamp.decode()).replace(tzinfo=UTC).timestamp() if stamp else None
             ages[lane] = max(0.0, server_now - at) if at is not None else 0.0
         return ages
+
+    async def servable(self, spec: ModelSpec, load: ModelLoad | None = None) -> bool:
+        """Whether a request for the model is served now or soon: a live worker, or a model
+        that scales to zero (its request wakes a worker) whose last load did not fail. The one
+        answer readiness endpoints and admission share."""
+        load = load or await self.load(spec.name)
+        if load.live_workers > 0:
+            return True
+        return spec.scale_to_zero and not await self.load_error(spec.name)
 
     async def load_error(self, model: str) -> str | None:
         """Why the model's last worker could not load it, while that stands (see
@@ -138,9 +165,7 @@ class Admission:
         """Refuse at once what no worker would serve soon: no live worker, or a full queue in
         the lane the work would join."""
         load = await self.load(spec.name)
-        if load.live_workers == 0 and spec.scale_to_zero and not await self.load_error(spec.name):
-            pass  # queued: the queue's length wakes a worker (KEDA), within the deadline
-        elif load.live_workers == 0:
+        if load.live_workers == 0 and not await self.servable(spec, load):
             if await self._full():
                 # Workers cannot renew their presence in a full Redis: say what is wrong.
                 raise RedisOutOfMemory("Redis is full (maxmemory reached); retry shortly")

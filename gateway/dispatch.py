@@ -226,22 +226,27 @@ class Dispatcher:
         job_id: str | None = None,
         meta: dict[str, Any] | None = None,
         result_ttl_s: int = RESULT_TTL_S,
+        confirm: bool = True,
     ) -> str:
         """Queue an async job in the model's bulk lane: its result stays readable for
-        ``result_ttl_s``."""
+        ``result_ttl_s``. With ``confirm`` (and replicas asked for), return once a replica
+        holds it; a caller queueing many jobs confirms them all at once afterwards
+        (:meth:`confirm_writes`)."""
         job_id = job_id or uuid.uuid4().hex
         async with redis_errors():
             await self._rq_server_version()
             commands = self._job_commands(spec, payload, job_id, meta or {}, result_ttl_s, BULK)
             await self._send(commands + self._remember(job_id, result_ttl_s))
-            await self._replicated()
+            if confirm:
+                await self.confirm_writes()
         return job_id
 
-    async def _replicated(self) -> None:
-        """With replicas to wait for, return once they hold what this process wrote (an
-        accepted async job survives a failover); short of them, accept and count it."""
+    async def confirm_writes(self) -> None:
+        """With replicas to wait for, return once they hold everything written so far (an
+        accepted async job survives a failover); short of them, go on and count it."""
         if self.replica_acks.wanted:
-            await areplicated(self.conn, self.replica_acks)
+            async with redis_errors():
+                await areplicated(self.conn, self.replica_acks)
 
     def _remember(self, job_id: str, ttl_s: int) -> Commands:
         """List an async job among the recent ones (the dashboard's), keeping the newest."""
@@ -294,6 +299,7 @@ class Dispatcher:
         try:
             if submit is not None:
                 await self._submit_sync(submit, entry)
+            self.listener.written(job_id)  # a joiner found it in Redis before waiting
             assert payload.deadline is not None
             remaining = payload.deadline - time.time()
             try:
@@ -389,6 +395,7 @@ class Dispatcher:
         tokens: list[int],
         meta: dict[str, Any],
         ttl_s: int,
+        confirm: bool = True,
     ) -> str:
         """A job answered entirely from the cache: written straight away as finished."""
         job_id = uuid.uuid4().hex
@@ -416,7 +423,8 @@ class Dispatcher:
         commands = recorded(self.sync, finished) + self._remember(job_id, ttl_s)
         async with redis_errors():
             await self._send(commands)
-            await self._replicated()
+        if confirm:
+            await self.confirm_writes()
         return job_id
 
     async def join(self, job_id: str, wait_s: float) -> asyncio.Future[Reply]:
@@ -431,6 +439,7 @@ class Dispatcher:
                 pipe.sadd(replies, self.listener.inbox)
                 pipe.expire(replies, int(wait_s) + GRACE_S)
                 await pipe.execute()
+            self.listener.written(job_id)
         except GatewayError:
             self.listener.forget(job_id, future)
             raise

@@ -61,9 +61,12 @@ class Inference:
         mode: CacheMode,
         job_ttl_s: int,
         priority: str = "low",
+        confirm: bool = True,
     ) -> tuple[str, bool]:
         """Queue an async job (the model's bulk lane); one the cache answers whole is created
-        already finished. Returns the job's id and whether it is finished already."""
+        already finished. Returns the job's id and whether it is finished already. Without
+        ``confirm`` the caller confirms its writes on a replica itself, once for many jobs
+        (``Dispatcher.confirm_writes``)."""
         load = await self.dispatcher.admission.admit(spec, BULK)
         fingerprint = (
             load.fingerprint if spec.cache_ttl_s > 0 and mode is not CacheMode.BYPASS else None
@@ -78,10 +81,12 @@ class Inference:
             meta["shape"] = stored
         if not lookup.missing:
             stored_id = await self.dispatcher.store_finished(
-                spec, payload, lookup.outputs, lookup.tokens, meta, job_ttl_s
+                spec, payload, lookup.outputs, lookup.tokens, meta, job_ttl_s, confirm
             )
             return stored_id, True
-        job_id = await self.dispatcher.submit(spec, payload, meta=meta, result_ttl_s=job_ttl_s)
+        job_id = await self.dispatcher.submit(
+            spec, payload, meta=meta, result_ttl_s=job_ttl_s, confirm=confirm
+        )
         return job_id, False
 
     async def _shared(

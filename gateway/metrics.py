@@ -42,6 +42,8 @@ class RedisCollector(Collector):
         self.pools: dict[str, tuple[int, int, int]] = {}
         self.waiting = 0
         self.withdrawn = 0
+        self.unreplicated = 0
+        self.lost_in_failover = 0
 
     def collect(self) -> Iterator[Any]:
         used = GaugeMetricFamily(
@@ -80,7 +82,18 @@ class RedisCollector(Collector):
             "sync jobs of this process withdrawn before a model call, their client gone",
         )
         withdrawn.add_metric([], self.withdrawn)
-        yield from (used, limit, keys, complete, conns, waiting, withdrawn)
+        unreplicated = CounterMetricFamily(
+            "modelgate_unreplicated_writes",
+            "async jobs this process accepted without a replica's acknowledgement (Sentinel: "
+            "none in sync, or none left)",
+        )
+        unreplicated.add_metric([], self.unreplicated)
+        lost = CounterMetricFamily(
+            "modelgate_failover_lost_waits",
+            "waits of this process ended with 503 because Redis lost their job in a failover",
+        )
+        lost.add_metric([], self.lost_in_failover)
+        yield from (used, limit, keys, complete, conns, waiting, withdrawn, unreplicated, lost)
 
 
 class DeploymentCollector(Collector):
@@ -270,6 +283,8 @@ class Metrics:
         self.redis.pools = dispatcher.connections.pool_stats()
         self.redis.waiting = dispatcher.listener.waiting
         self.redis.withdrawn = dispatcher.withdrawn
+        self.redis.unreplicated = dispatcher.replica_acks.short
+        self.redis.lost_in_failover = dispatcher.listener.lost
         return generate_latest(self.registry)
 
 

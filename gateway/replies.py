@@ -52,8 +52,9 @@ class ReplyListener:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._renewed = 0.0
-        self._since: dict[str, float] = {}
-        """When each awaited job was first awaited (``time.monotonic()``)."""
+        self._written: dict[str, float] = {}
+        """When each awaited job was known to be in Redis (``time.monotonic()``): written by
+        this process, or found there when joined (see :meth:`written`)."""
         self._broken_at: float | None = None
         """When reading the inbox first failed, until a read succeeds again."""
         self.lost = 0
@@ -67,9 +68,14 @@ class ReplyListener:
             future.set_result(early)
             return future
         self._waiters.setdefault(job_id, set()).add(future)
-        self._since.setdefault(job_id, time.monotonic())
         self.ensure_started()
         return future
+
+    def written(self, job_id: str) -> None:
+        """``job_id`` and its replies set are in Redis now: from here on, a Redis that loses
+        them (a failover) ends its waits at once (see :meth:`_recheck`)."""
+        if job_id in self._waiters:
+            self._written.setdefault(job_id, time.monotonic())
 
     def forget(self, job_id: str, future: asyncio.Future[Reply]) -> None:
         waiters = self._waiters.get(job_id)
@@ -77,7 +83,7 @@ class ReplyListener:
             waiters.discard(future)
             if not waiters:
                 del self._waiters[job_id]
-                self._since.pop(job_id, None)
+                self._written.pop(job_id, None)
 
     def others_wait(self, job_id: str, future: asyncio.Future[Reply]) -> bool:
         """Whether a request of this process other than ``future``'s waits for ``job_id``."""
@@ -107,10 +113,13 @@ class ReplyListener:
         pause = 0.05
         while not self._stopping:
             try:
-                last_id = await self._read(last_id, BLOCK_MS)
+                # Back from a lost connection: read what is there without blocking, then look
+                # for waits whose job was lost, before blocking again.
+                broken_at = self._broken_at
+                last_id = await self._read(last_id, BLOCK_MS if broken_at is None else None)
                 pause = 0.05
-                if self._broken_at is not None:
-                    last_id = await self._recheck(last_id, self._broken_at)
+                if broken_at is not None:
+                    last_id = await self._recheck(last_id, broken_at)
                     self._broken_at = None
             except asyncio.CancelledError:
                 raise
@@ -135,9 +144,9 @@ class ReplyListener:
         504, seconds later); instead they get 503 ``redis_unavailable`` now, which a client
         retries. A job still unanswered has its replies set (written with the job, deleted in
         the same transaction as its reply), so a wait whose set is gone has either a reply in
-        the inbox, read once more here first, or nothing coming. Only waits begun before the
-        failure are checked: a newer one may not have written its job yet."""
-        waiting = [j for j, since in self._since.items() if since < broken_at]
+        the inbox, read once more here first, or nothing coming. Only jobs known to be in Redis
+        before the failure are checked: a newer one may not be written yet."""
+        waiting = [j for j, at in self._written.items() if at < broken_at]
         if not waiting:
             return last_id
         pipe = self.client.pipeline(transaction=False)
@@ -147,7 +156,11 @@ class ReplyListener:
         gone = [j for j, n in zip(waiting, found, strict=True) if not n]
         if not gone:
             return last_id
-        last_id = await self._read(last_id, None)
+        while True:  # every entry there, page by page
+            before = last_id
+            last_id = await self._read(last_id, None)
+            if last_id == before:
+                break
         for job_id in gone:
             if job_id in self._waiters:
                 self.lost += 1
@@ -180,7 +193,7 @@ class ReplyListener:
 
     def _deliver(self, reply: Reply) -> None:
         waiters = self._waiters.pop(reply.job_id, None)
-        self._since.pop(reply.job_id, None)
+        self._written.pop(reply.job_id, None)
         if not waiters:
             self._unclaimed[reply.job_id] = reply
             while len(self._unclaimed) > UNCLAIMED_KEEP:

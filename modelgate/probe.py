@@ -33,8 +33,10 @@ def hosts_worker(client: Redis, keys: Keys, model: str, host: str) -> bool:
     return host.encode() in pipe.execute()
 
 
-def check_worker(settings: CommonSettings, model: str) -> str | None:
-    """None when this host serves ``model``; else why not, in one line."""
+def check_worker(settings: CommonSettings, model: str, redis_down_ok: bool = False) -> str | None:
+    """None when this host serves ``model``; else why not, in one line. With
+    ``redis_down_ok`` a Redis that cannot be reached passes: a liveness probe must not restart
+    every worker (and reload every model) because Redis is away, which no restart mends."""
     host = socket.gethostname()
     try:
         client = sync_client(
@@ -47,6 +49,8 @@ def check_worker(settings: CommonSettings, model: str) -> str | None:
     except BadRedisURL as err:
         return f"bad Redis URL: {err}"
     except (RedisError, OSError, ValueError) as err:
+        if redis_down_ok and not isinstance(err, ValueError):
+            return None
         cause = str(err).splitlines()[0] if str(err) else type(err).__name__
         return f"cannot reach Redis at {redacted(settings.redis_url)}: {cause}"
     if not found:

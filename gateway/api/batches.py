@@ -172,6 +172,7 @@ async def _submit(
             mode=CacheMode.NORMAL,
             job_ttl_s=settings.job_ttl_s,
             priority="low",
+            confirm=False,  # all lines and the batch at once, below
         )
     except (InvalidInput, PayloadTooLarge, Forbidden) as err:
         return Line(line.custom_id, refused=_refusal(err))
@@ -222,6 +223,7 @@ async def create_batch(
             lines.append(await _submit(line, registry, inference, settings, request_id, allow))
         batch["request_counts"]["total"] = len(lines)
     await _batches(request).save(batch, lines)
+    await inference.dispatcher.confirm_writes()  # the lines' jobs and the batch, on a replica
     return batch
 
 

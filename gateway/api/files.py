@@ -93,7 +93,9 @@ async def upload_file(
             f"file has {lines} requests; a batch takes at most {settings.batch_max_lines}",
             limit=settings.batch_max_lines,
         )
-    return await files_of(request).put(content, file.filename or "batch.jsonl", purpose)
+    stored = await files_of(request).put(content, file.filename or "batch.jsonl", purpose)
+    await request.app.state.dispatcher.confirm_writes()  # on a replica before its id is given
+    return stored
 
 
 @router.get(

@@ -104,8 +104,8 @@ def _layout(spec: ModelSpec) -> tensors.Layout:
     return layout
 
 
-async def _live(dispatcher: Dispatcher, name: str) -> bool:
-    return (await dispatcher.admission.load(name)).live_workers > 0
+async def _live(dispatcher: Dispatcher, spec: ModelSpec) -> bool:
+    return await dispatcher.admission.servable(spec)
 
 
 def _status(ready: bool) -> int:
@@ -128,12 +128,13 @@ async def server_live() -> Live:
 
 @router.get("/health/ready", response_model=Ready, responses={503: {"model": Ready}})
 async def server_ready(registry: RegistryDep, dispatcher: DispatcherDep) -> JSONResponse:
-    """Ready (200) when Redis answers and every model has a live worker; else 503."""
+    """Ready (200) when Redis answers and every model has a live worker (or scales to zero:
+    its request wakes one); else 503."""
     ready = True
     try:
         await dispatcher.ping()
         for spec in registry.models:
-            ready = ready and await _live(dispatcher, spec.name)
+            ready = ready and await _live(dispatcher, spec)
     except GatewayError as err:
         log.info("not ready: %s", err.message)
         ready = False
@@ -174,7 +175,7 @@ async def model_ready(
     """Ready (200) when the model has a live worker; else 503."""
     spec = _served(registry, name, request)
     try:
-        ready = await _live(dispatcher, spec.name)
+        ready = await _live(dispatcher, spec)
     except GatewayError as err:
         log.info("model %s not ready: %s", spec.name, err.message)
         ready = False

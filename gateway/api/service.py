@@ -54,8 +54,9 @@ async def readyz(
 ) -> JSONResponse:
     """Ready when Redis answers and every model has at least one live worker (a model with
     ``scale_to_zero`` may have none: its requests wait in its queue for one). With
-    ``models=false``, ready when Redis answers: the readiness of one gateway replica behind a
-    load balancer, which a model without workers must not take out of service."""
+    ``models=false``, ready when Redis answers, whatever the workers do. (The generated
+    Kubernetes manifests probe ``/healthz`` instead: a Redis failover would take every replica
+    out at once, and clients would meet refused connections rather than a 503.)"""
     try:
         await dispatcher.ping()
         if not models:
@@ -65,8 +66,11 @@ async def readyz(
         }
     except GatewayError as err:
         return JSONResponse(err.body(), status_code=503)
-    asleep = {m.name for m in registry.models if m.scale_to_zero}
+    asleep = {m.name for m in registry.models if m.scale_to_zero and live[m.name] == 0}
     missing = [name for name, n in live.items() if n == 0 and name not in asleep]
+    for name in list(asleep):  # asleep is fine; failing to load is not
+        if await dispatcher.admission.load_error(name):
+            missing.append(name)
     if missing:
         causes = {name: await dispatcher.admission.load_error(name) for name in missing}
         body = {

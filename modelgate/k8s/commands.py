@@ -142,7 +142,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if not args.model:
         print("modelgate probe worker: give --model NAME (or set MODELGATE_MODEL)", file=sys.stderr)
         return 2
-    problem = check_worker(CommonSettings(), args.model)
+    problem = check_worker(CommonSettings(), args.model, args.redis_down_ok)
     if problem:
         print(f"modelgate probe worker: {problem}", file=sys.stderr)
         return 1
@@ -163,6 +163,13 @@ def _add_probe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--model",
         default=os.environ.get("MODELGATE_MODEL"),
         help="the model's name (default: MODELGATE_MODEL)",
+    )
+    w.add_argument(
+        "--redis-down-ok",
+        action="store_true",
+        help="pass while Redis cannot be reached (for a liveness probe: a restart would not "
+        "bring Redis back, only reload the model); fail only when Redis answers without this "
+        "host's heartbeat",
     )
     w.set_defaults(func=cmd_probe)
 

@@ -3,7 +3,9 @@
 A model has two queues (lanes), Redis lists named by :meth:`contract.jobs.Keys.queue_key`: the
 interactive one (sync requests) and the bulk one (async jobs, Batch API lines). Its ScaledObject
 has one trigger per lane, KEDA's ``redis`` list scaler, or ``redis-sentinel`` when the job Redis
-is reached through Sentinel; the Deployment gets the larger of the two replica counts.
+is reached through Sentinel; the Deployment gets the largest of the replica counts. A model
+that scales to zero also has a trigger on each lane's started jobs (RQ's started registry, a
+sorted set, which KEDA's scaler counts too), so a worker busy with jobs is never stopped.
 
 KEDA's operator connects to Redis itself, from its own namespace, so it needs the address in
 the ScaledObject (with a Service's short name made whole) and the password from the Secret,
@@ -143,6 +145,16 @@ def scaled_object(spec: ModelSpec, target: RedisTarget, options: Options) -> Obj
         _trigger(target, "interactive", keys.queue_key(spec.name, INTERACTIVE), length),
         _trigger(target, "bulk", keys.queue_key(spec.name, BULK), BULK_FACTOR * length),
     ]
+    if spec.scale_to_zero:
+        # Jobs being run have left the queues: without these, steady light traffic (each job
+        # taken at once) reads as idle, and the last worker would stop while it serves. A
+        # replica runs at most a batch at a time, so these only keep the model awake.
+        triggers += [
+            _trigger(
+                target, f"{lane}-running", keys.started_key(spec.name, lane), spec.max_batch_size
+            )
+            for lane in (INTERACTIVE, BULK)
+        ]
     low = min_replicas(spec)
     name = worker_name(spec)
     return {

@@ -71,7 +71,7 @@ def worker(spec: ModelSpec, config_text: str, options: Options) -> Obj:
         "resources": _resources(spec),
         # Neither started nor ready until its model has loaded and it heart-beats: 10 min.
         "startupProbe": _probe(spec, 10, 60),
-        "livenessProbe": _probe(spec, 30, 3),
+        "livenessProbe": _probe(spec, 30, 3, "--redis-down-ok"),
         "volumeMounts": [yaml_mount, *([cache["mount"]] if cache else [])],
         "securityContext": SECURITY,
     }
@@ -87,11 +87,12 @@ def worker(spec: ModelSpec, config_text: str, options: Options) -> Obj:
     return deployment(meta(worker_name(spec), options, "worker", spec), config_text, pod_spec)
 
 
-def _probe(spec: ModelSpec, period: int, failures: int) -> Obj:
+def _probe(spec: ModelSpec, period: int, failures: int, *flags: str) -> Obj:
     """``modelgate probe worker``: this pod's worker heart-beats in Redis (the pod's hostname
-    is the host its worker reports)."""
+    is the host its worker reports). Liveness passes while Redis is away (``--redis-down-ok``):
+    restarting every worker would not bring Redis back."""
     return {
-        "exec": {"command": ["modelgate", "probe", "worker", "--model", spec.name]},
+        "exec": {"command": ["modelgate", "probe", "worker", "--model", spec.name, *flags]},
         "periodSeconds": period,
         "timeoutSeconds": 10,
         "failureThreshold": failures,

@@ -71,6 +71,9 @@ def test_metrics_cover_requests_latency_batches_cache_queues_and_workers(stack: 
     assert metric(body, "modelgate_live_workers", model="ghost") == 0
     assert metric(body, "modelgate_queue_depth", model="tiny-cls", lane="interactive") == 0
     assert metric(body, "modelgate_queue_depth", model="tiny-cls", lane="bulk") == 0
+    assert metric(body, "modelgate_queue_oldest_seconds", model="tiny-cls", lane="bulk") == 0
+    assert metric(body, "modelgate_unreplicated_writes_total") == 0  # no replicas asked for
+    assert metric(body, "modelgate_failover_lost_waits_total") == 0
     assert metric(body, "modelgate_worker_jobs_total", model="tiny-cls") >= 1
     assert metric(body, "modelgate_batch_size_count", model="tiny-cls") >= 1
     assert metric(body, "modelgate_batch_size_bucket", model="tiny-cls", le="+Inf") >= 1

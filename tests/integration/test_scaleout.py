@@ -138,8 +138,8 @@ def ha(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, Path]) ->
     log_dir = base / "logs"
     log_dir.mkdir()
     stack = HAStack(SentinelSet(), config, log_dir)
-    stack.redis.start()
     try:
+        stack.redis.start()
         stack.workers = [stack.start_worker(wait=False) for _ in range(2)]
         client = stack.client()
         for w in stack.workers:
@@ -226,12 +226,18 @@ def test_two_gateways_share_jobs_cache_and_single_flight(ha: HAStack) -> None:
     assert jobs_run(client, MODEL) == before + 1
 
 
+def _live(url: str) -> int:
+    body = httpx.get(f"{url}/metrics", timeout=5).text
+    return int(metric(body, "modelgate_live_workers", model=SLEEPY))
+
+
 def test_a_scaled_to_zero_model_queues_until_a_worker_wakes(ha: HAStack) -> None:
     """No worker: the request is queued (not 503), the queue shows it to an autoscaler (depth
     and the oldest job's age), the gateway stays ready, and the worker that starts (as KEDA
     would start one) answers it."""
     url = ha.gateways[0].url
     assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    assert httpx.get(f"{url}/v2/models/{SLEEPY}/ready", timeout=5).status_code == 200
     assert httpx.get(f"{url}/readyz", params={"models": "false"}, timeout=5).json() == {
         "status": "ready"
     }
@@ -246,11 +252,18 @@ def test_a_scaled_to_zero_model_queues_until_a_worker_wakes(ha: HAStack) -> None
             assert not sent.done(), "the request was answered with no worker"
             worker = await asyncio.to_thread(ha.start_worker, True, SLEEPY)
             try:
-                return await sent, metrics
+                woken = await sent
+                warm = await http.post(f"{url}/models/{SLEEPY}/predict", json={"inputs": "warm"})
+                assert warm.status_code == 200 and warm.headers["x-cache"] == "miss"
+                return woken, metrics
             finally:
                 await asyncio.to_thread(worker.stop)
 
     response, metrics = asyncio.run(cold_start())
+    # Asleep again: what its workers computed is still answered from the cache, without a wake.
+    wait_until(lambda: not _live(url), 20, "the model to be asleep again")
+    again = httpx.post(f"{url}/models/{SLEEPY}/predict", json={"inputs": "warm"}, timeout=10)
+    assert again.status_code == 200 and again.headers["x-cache"] == "hit", again.text
     assert response.status_code == 200, response.text
     assert response.json()["outputs"]["label"]
     assert metric(metrics, "modelgate_queue_depth", model=SLEEPY, lane="interactive") == 1

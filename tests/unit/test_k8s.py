@@ -219,7 +219,7 @@ def test_scaled_objects_read_each_models_two_queues(tmp_path: Path) -> None:
         name = "modelgate-worker-" + model.replace("_", "-")
         assert scaled[name]["spec"]["scaleTargetRef"]["name"] == name
         triggers = scaled[name]["spec"]["triggers"]
-        assert [t["metadata"]["listName"] for t in triggers] == [
+        assert [t["metadata"]["listName"] for t in triggers][:2] == [
             Keys("acme").queue_key(model, INTERACTIVE),
             Keys("acme").queue_key(model, BULK),
         ]
@@ -247,6 +247,21 @@ def test_scale_to_zero_gives_a_minimum_of_zero_and_only_then(tmp_path: Path) -> 
     assert {s["maxReplicaCount"] for s in spec.values()} == {5}
     for s in spec.values():  # one queued job wakes a model scaled to zero
         assert {t["metadata"]["activationListLength"] for t in s["triggers"]} == {"0"}
+    # ... and a job being run keeps it awake: its started registries are triggers too.
+    keys = Keys("modelgate")
+    lazy = {
+        t["name"]: t["metadata"]["listName"] for t in spec["modelgate-worker-lazy-b"]["triggers"]
+    }
+    assert lazy == {
+        "interactive": keys.queue_key("lazy_b", INTERACTIVE),
+        "bulk": keys.queue_key("lazy_b", BULK),
+        "interactive-running": keys.started_key("lazy_b", INTERACTIVE),
+        "bulk-running": keys.started_key("lazy_b", BULK),
+    }
+    assert [t["name"] for t in spec["modelgate-worker-cpu-a"]["triggers"]] == [
+        "interactive",
+        "bulk",
+    ]
 
 
 def test_a_cuda_model_gets_a_gpu_and_lands_only_in_the_gpu_overlay(tmp_path: Path) -> None:
@@ -324,9 +339,11 @@ def test_probes_never_take_the_gateway_out_for_one_models_workers(tmp_path: Path
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert container[probe]["httpGet"]["path"] == "/healthz"
     worker = by_name(out, "Deployment")["modelgate-worker-lazy-b"]["spec"]["template"]["spec"]
-    for probe in ("livenessProbe", "startupProbe"):
-        command = worker["containers"][0][probe]["exec"]["command"]
-        assert command == ["modelgate", "probe", "worker", "--model", "lazy_b"]
+    probe_worker = ["modelgate", "probe", "worker", "--model", "lazy_b"]
+    assert worker["containers"][0]["startupProbe"]["exec"]["command"] == probe_worker
+    # Liveness passes while Redis is away: restarting every worker would not bring it back.
+    liveness = worker["containers"][0]["livenessProbe"]["exec"]["command"]
+    assert liveness == [*probe_worker, "--redis-down-ok"]
 
 
 def test_models_fetched_by_an_init_container_or_read_from_a_claim(tmp_path: Path) -> None:
@@ -522,6 +539,10 @@ def keys(redis_server: RedisServer) -> Iterator[Keys]:
     yield keys
     client = Redis.from_url(redis_server.url)
     stale = client.keys(f"*{keys.prefix}:*")
+    # The jobs queued under the prefix are keyed by their id alone: found through the queues.
+    for key in [k for k in stale if client.type(k) == b"list"]:
+        for job_id in client.lrange(key, 0, -1):
+            stale += [f"rq:job:{job_id.decode()}", f"rq:results:{job_id.decode()}"]
     if stale:
         client.delete(*stale)
     client.close()
@@ -595,3 +616,24 @@ def test_the_worker_probe_says_when_redis_is_unreachable(
     code, err = probe(capsys, "minilm")
     assert code == 1 and err.count("\n") == 1
     assert "cannot reach Redis at redis://:***@127.0.0.1:" in err and "pw@" not in err
+    # A liveness probe passes while Redis is away; the same probe fails on a Redis that answers
+    # without this host's heartbeat (the test above).
+    assert main(["probe", "worker", "--model", "minilm", "--redis-down-ok"]) == 0
+
+
+KEDA_REDIS_METADATA = {
+    *("address", "addresses", "username", "password", "sentinelUsername", "sentinelPassword"),
+    *("sentinelMaster", "host", "hosts", "port", "ports", "unsafeSsl", "listLength"),
+    *("activationListLength", "listName", "databaseIndex", "enableTLS"),
+}
+"""The trigger metadata names KEDA v2.20.2's redis scalers read (``keda:"name=..."`` tags of
+``redisConnectionInfo`` and ``redisMetadata`` in pkg/scalers/redis_scaler.go). The CRD allows
+any key, and KEDA ignores one it does not know: a misspelled name would pass every schema."""
+
+
+@pytest.mark.parametrize("url", ["redis://redis:6379/0", "redis+sentinel://s1:26379,s2/mg/1"])
+def test_trigger_metadata_uses_only_names_keda_reads(tmp_path: Path, url: str) -> None:
+    out = generate(tmp_path, "--redis-url", url)
+    for scaled in objects(out, "ScaledObject"):
+        for trigger in scaled["spec"]["triggers"]:
+            assert set(trigger["metadata"]) <= KEDA_REDIS_METADATA, trigger

@@ -34,6 +34,9 @@ def test_sentinel_url_parts() -> None:
     assert parse_sentinel("rediss+sentinel://h:1/m").ssl  # type: ignore[union-attr]
     assert parse_sentinel("redis+sentinel://h:1/m").db == 0  # type: ignore[union-attr]
     assert "s3cret" not in repr(parsed)
+    ipv6 = parse_sentinel("redis+sentinel://[::1]:26380,[fe80::1]/m?sentinel_password=a%2Bb+c")
+    assert ipv6 is not None and ipv6.sentinels == [("::1", 26380), ("fe80::1", 26379)]
+    assert ipv6.sentinel_password == "a+b+c"  # as written, %-escapes decoded
 
 
 @pytest.mark.parametrize(
@@ -44,6 +47,9 @@ def test_sentinel_url_parts() -> None:
         ("redis+sentinel://h:26379/m/x", "not a number"),
         ("redis+sentinel://h:port/m", "no valid port"),
         ("redis+sentinel://h:1/m/0/extra", "MASTER_NAME"),
+        ("redis+sentinel://h:1/m?db=2", "unknown option 'db'"),
+        ("redis+sentinel://[::1/m", "not a valid Redis URL"),
+        ("redis+sentinel://[::1]x/m", "not \\[IPV6\\]:PORT"),
     ],
 )
 def test_bad_sentinel_urls_say_why(url: str, why: str) -> None:

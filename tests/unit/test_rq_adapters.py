@@ -13,11 +13,12 @@ import rq
 from redis import Redis
 from rq.job import Job
 from rq.queue import Queue
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import get_version
 from rq.worker import SimpleWorker
 
-from contract.jobs import RQ_QUEUE_PREFIX, RQ_SERIES, queue_key
+from contract.jobs import RQ_QUEUE_PREFIX, RQ_SERIES, queue_key, started_key
 from gateway.rqadapter import knows_server_version, recorded, tell_server_version
 from modelgate.redis_server import RedisServer
 from workers import rqadapter
@@ -41,6 +42,8 @@ def test_the_installed_rq_is_the_series_the_adapters_were_written_for() -> None:
 def test_queue_keys_are_rqs_own() -> None:
     assert Queue.redis_queue_namespace_prefix == RQ_QUEUE_PREFIX
     assert queue_key("mg:m") == Queue("mg:m", connection=client()).key
+    queue = Queue("mg:m", connection=client())
+    assert started_key("mg:m") == StartedJobRegistry(queue=queue).key
 
 
 def test_the_server_version_is_left_where_rq_reads_it() -> None:
