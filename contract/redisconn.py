@@ -75,7 +75,14 @@ class SentinelURL:
             kwargs["connection_class"] = MasterSSLConnection if self.ssl else MasterConnection
         return kwargs
 
-    def sentinel_kwargs(self, timeout_s: float) -> dict[str, Any]:
+    def sentinel_kwargs(self, client_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """How to talk to the sentinels: the client's connect (else read) timeout, 2 s when
+        it sets none, and the sentinels' own password."""
+        timeout_s = (
+            client_kwargs.get("socket_connect_timeout")
+            or client_kwargs.get("socket_timeout")
+            or 2.0
+        )
         kwargs: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
         if self.sentinel_password:
             kwargs["password"] = self.sentinel_password
@@ -178,8 +185,7 @@ def sync_client(url: str, **kwargs: Any) -> Redis:
     parsed = parse_sentinel(url)
     if parsed is None:
         return Redis.from_url(url, **kwargs)
-    timeout = kwargs.get("socket_connect_timeout") or kwargs.get("socket_timeout") or 2.0
-    sentinel = Sentinel(parsed.sentinels, sentinel_kwargs=parsed.sentinel_kwargs(timeout))  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(parsed.sentinels, sentinel_kwargs=parsed.sentinel_kwargs(kwargs))  # type: ignore[no-untyped-call]
     client: Redis = sentinel.master_for(parsed.master, **parsed.master_kwargs(False), **kwargs)  # type: ignore[no-untyped-call]
     return client
 
@@ -192,8 +198,7 @@ def async_pool(
     parsed = parse_sentinel(url)
     if parsed is None:
         return pool_class.from_url(url, **kwargs)
-    timeout = kwargs.get("socket_connect_timeout") or kwargs.get("socket_timeout") or 2.0
-    sentinel = AsyncSentinel(parsed.sentinels, sentinel_kwargs=parsed.sentinel_kwargs(timeout))  # type: ignore[no-untyped-call]
+    sentinel = AsyncSentinel(parsed.sentinels, sentinel_kwargs=parsed.sentinel_kwargs(kwargs))  # type: ignore[no-untyped-call]
     # SentinelConnectionPool only adds how a connection finds the master; mixed in front of
     # pool_class, the pool keeps pool_class's waiting and bounds.
     managed = type(
@@ -242,8 +247,11 @@ class ReplicaAcks:
         """Writes that went on with fewer replicas than wanted."""
 
     def commands(self, now: float) -> list[tuple[Any, ...]]:
-        """What to send now; nothing (counted as short) while no replica is expected."""
+        """What to send now: nothing when no replica is wanted (plain Redis), nor (counted as
+        short) while none is expected."""
         out: list[tuple[Any, ...]] = []
+        if not self.wanted:
+            return out
         if self.expected < self.wanted and now - self.checked_at >= self.recheck_s:
             out.append(("ROLE",))
         if self.expected:

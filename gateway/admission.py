@@ -11,7 +11,7 @@ from rq.job import Job
 from rq.utils import utcparse
 
 from contract.config import ModelSpec
-from contract.jobs import BULK, INTERACTIVE, PRESENCE_TTL_S, Keys
+from contract.jobs import BULK, INTERACTIVE, LANES, PRESENCE_TTL_S, Keys
 from gateway.census import memory
 from gateway.connections import redis_errors
 from gateway.errors import ModelUnavailable, Overloaded, RedisOutOfMemory
@@ -114,14 +114,13 @@ class Admission:
     async def oldest(self, model: str) -> dict[str, float]:
         """Per lane, how long its oldest queued job has waited (seconds; 0 when none waits):
         what an autoscaler or an alert on a stuck model watches beside the queue length."""
-        lanes = [INTERACTIVE, BULK]
         async with redis_errors():
             now, *stamps = await self._oldest(
-                keys=[self.keys.queue_key(model, lane) for lane in lanes], args=[JOB_KEY_PREFIX]
+                keys=[self.keys.queue_key(model, lane) for lane in LANES], args=[JOB_KEY_PREFIX]
             )
         server_now = float(now)
         ages = {}
-        for lane, stamp in zip(lanes, stamps, strict=True):
+        for lane, stamp in zip(LANES, stamps, strict=True):
             at = utcparse(stamp.decode()).replace(tzinfo=UTC).timestamp() if stamp else None
             ages[lane] = max(0.0, server_now - at) if at is not None else 0.0
         return ages
@@ -165,7 +164,7 @@ class Admission:
         """Refuse at once what no worker would serve soon: no live worker, or a full queue in
         the lane the work would join."""
         load = await self.load(spec.name)
-        if load.live_workers == 0 and not await self.servable(spec, load):
+        if not await self.servable(spec, load):
             if await self._full():
                 # Workers cannot renew their presence in a full Redis: say what is wrong.
                 raise RedisOutOfMemory("Redis is full (maxmemory reached); retry shortly")

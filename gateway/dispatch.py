@@ -244,9 +244,8 @@ class Dispatcher:
     async def confirm_writes(self) -> None:
         """With replicas to wait for, return once they hold everything written so far (an
         accepted async job survives a failover); short of them, go on and count it."""
-        if self.replica_acks.wanted:
-            async with redis_errors():
-                await areplicated(self.conn, self.replica_acks)
+        async with redis_errors():
+            await areplicated(self.conn, self.replica_acks)
 
     def _remember(self, job_id: str, ttl_s: int) -> Commands:
         """List an async job among the recent ones (the dashboard's), keeping the newest."""

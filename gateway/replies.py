@@ -161,19 +161,20 @@ class ReplyListener:
             last_id = await self._read(last_id, None)
             if last_id == before:
                 break
-        for job_id in gone:
-            if job_id in self._waiters:
-                self.lost += 1
-                self._deliver(
-                    Reply(
-                        job_id,
-                        error={
-                            "code": ERR_REDIS_UNAVAILABLE,
-                            "message": "the job was lost when Redis failed over; retry it",
-                        },
-                    )
+        ended = [j for j in gone if j in self._waiters]  # the rest had a reply after all
+        for job_id in ended:
+            self._deliver(
+                Reply(
+                    job_id,
+                    error={
+                        "code": ERR_REDIS_UNAVAILABLE,
+                        "message": "the job was lost when Redis failed over; retry it",
+                    },
                 )
-        log.warning("%d wait(s) ended: their jobs were lost when Redis failed", len(gone))
+            )
+        self.lost += len(ended)
+        if ended:
+            log.warning("%d wait(s) ended: their jobs were lost when Redis failed", len(ended))
         return last_id
 
     async def _read(self, last_id: str, block_ms: int | None) -> str:

@@ -8,6 +8,7 @@ import hashlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from contract.config import ConfigError, Registry, load_registry
@@ -238,10 +239,16 @@ beat) and the newest async jobs with their progress. The same numbers as GET /da
 A table on a terminal; JSON when the output is a pipe or a file, or with --json."""
 
 
-def _window(text: str) -> int:
-    if not text.isdigit() or not 10 <= int(text) <= 600:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 10 to 600")
-    return int(text)
+def bounded_int(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``, else the one-line error
+    "'TEXT' is not a WHAT from LOW to HIGH"."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what} from {low} to {high}")
+        return int(text)
+
+    return parse
 
 
 def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -262,7 +269,7 @@ def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument(
         "--window",
-        type=_window,
+        type=bounded_int(10, 600, "number of seconds"),
         default=300,
         metavar="SECONDS",
         help="seconds of recent activity, 10 to 600 (default 300)",

@@ -203,14 +203,22 @@ class WorkerProc:
     proc: subprocess.Popen[bytes]
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, sig, timeout_s)
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 20
+) -> int | None:
+    """Send ``sig`` to a process this test run started, SIGKILL it after ``timeout_s``; its
+    exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def is_present(client: Redis, model: str, name: str) -> bool:

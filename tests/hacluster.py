@@ -12,12 +12,14 @@ import contextlib
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from redis import Redis
 from redis.exceptions import RedisError
 
 from modelgate.redis_server import RedisServer, find_redis_server, free_port
+from tests.conftest import stop_process, wait_until
 
 MASTER = "mg"
 
@@ -47,7 +49,7 @@ class SentinelSet:
     def start(self) -> SentinelSet:
         self.primary.start()
         self.replica.start()
-        self._wait(
+        _wait(
             lambda: (
                 self._client(self.replica.port).info("replication").get("master_link_status")
                 == "up"
@@ -71,7 +73,7 @@ class SentinelSet:
                     start_new_session=True,
                 )
             )
-        self._wait(self._sentinels_agree, "the sentinels to see each other and the replica")
+        _wait(self._sentinels_agree, "the sentinels to see each other and the replica")
         return self
 
     def master_port(self) -> int | None:
@@ -92,7 +94,7 @@ class SentinelSet:
     def wait_failover(self, timeout_s: float = 30.0) -> float:
         """Seconds until the sentinels name the replica master and it takes writes."""
         start = time.monotonic()
-        self._wait(
+        _wait(
             lambda: (
                 self.master_port() == self.replica.port
                 and self._client(self.replica.port).info("replication").get("role") == "master"
@@ -104,13 +106,7 @@ class SentinelSet:
 
     def stop(self) -> None:
         for proc in self.sentinels:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, timeout_s=5)
         self.replica.stop()
         self.primary.stop()
         self._dir.cleanup()
@@ -135,12 +131,14 @@ class SentinelSet:
     def _client(port: int) -> Redis:
         return Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
 
-    @staticmethod
-    def _wait(check: object, what: str, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(RedisError, OSError):
-                if check():  # type: ignore[operator]
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"timed out waiting for {what}")
+
+def _wait(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """:func:`tests.conftest.wait_until` for a check that may meet a Redis not up yet."""
+
+    def quiet() -> bool:
+        try:
+            return check()
+        except (RedisError, OSError):
+            return False
+
+    wait_until(quiet, timeout_s, what)

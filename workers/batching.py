@@ -427,14 +427,10 @@ class BatchingWorker(SimpleWorker):
             if segment_ids:
                 pipe.mget([self.keys.cancel(s) for s in segment_ids])
             replies = pipe.execute()
-        self._replicated()
+        replicated(self.connection, self.replica_acks)
         if segment_ids:
             batch.withdrawn = {s for s, v in zip(segment_ids, replies[-1], strict=True) if v}
         return executions
-
-    def _replicated(self) -> None:
-        if self.replica_acks.wanted:
-            replicated(self.connection, self.replica_acks)
 
     def _segment_ids(self, job: Job) -> list[str]:
         return [part.id for part in self._segments(job) or []]
@@ -672,7 +668,7 @@ class BatchingWorker(SimpleWorker):
         for job, execution, outcome in zip(jobs, executions, outcomes, strict=True):
             if outcome.error is not None and not is_sync(job.result_ttl):
                 self._record_failure(job, execution, outcome.error, batch.queue)
-        self._replicated()
+        replicated(self.connection, self.replica_acks)
         self._log_done(batch, outcomes, items, elapsed_ms)
         if self.on_batch is not None:
             self.on_batch(items)

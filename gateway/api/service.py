@@ -61,16 +61,13 @@ async def readyz(
         await dispatcher.ping()
         if not models:
             return JSONResponse({"status": "ready"})
-        live = {
-            m.name: (await dispatcher.admission.load(m.name)).live_workers for m in registry.models
-        }
+        loads = {m.name: await dispatcher.admission.load(m.name) for m in registry.models}
     except GatewayError as err:
         return JSONResponse(err.body(), status_code=503)
-    asleep = {m.name for m in registry.models if m.scale_to_zero and live[m.name] == 0}
-    missing = [name for name, n in live.items() if n == 0 and name not in asleep]
-    for name in list(asleep):  # asleep is fine; failing to load is not
-        if await dispatcher.admission.load_error(name):
-            missing.append(name)
+    live = {name: load.live_workers for name, load in loads.items()}
+    missing = [
+        m.name for m in registry.models if not await dispatcher.admission.servable(m, loads[m.name])
+    ]
     if missing:
         causes = {name: await dispatcher.admission.load_error(name) for name in missing}
         body = {

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from contract.config import ConfigError, load_registry
-from modelgate.cli import config_default
+from modelgate.cli import bounded_int, config_default
 
 K8S_DOC = """Writes Kubernetes manifests for a models.yaml as a kustomize layout under --out:
   base/            namespace, models.yaml as a ConfigMap, the gateway (Deployment, Service,
@@ -67,12 +67,6 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 1000:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 1000")
-    return int(text)
-
-
 def _add_k8s(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "k8s",
@@ -114,7 +108,7 @@ def _add_k8s(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--max-replicas",
-        type=_positive,
+        type=bounded_int(1, 1000, "whole number"),
         default=8,
         metavar="N",
         help="most workers per model KEDA starts (default %(default)s)",

@@ -35,6 +35,7 @@ from tests.conftest import (
     metric,
     process_env,
     start_worker,
+    stop_process,
     wait_until,
 )
 from tests.drills import Load, Tally, await_jobs, tail_logs
@@ -54,14 +55,7 @@ class Gateway:
     proc: subprocess.Popen[bytes]
 
     def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 @dataclass
