@@ -3,6 +3,8 @@ the weights they serve; the admission check every request passes before anything
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -91,8 +93,29 @@ class Admission:
         self._oldest = conn.register_script(_OLDEST)
         self._last_fingerprint: dict[str, str] = {}
         """Each model's weights as this process last saw its workers serve them."""
+        self._reading: dict[str, asyncio.Future[ModelLoad]] = {}
+        """Each model's read of its load now in flight."""
 
     async def load(self, model: str) -> ModelLoad:
+        """The model's load, as a read that was in flight when this call began reads it, or
+        else a new read. Under load most requests then share a read (one Lua call per round
+        trip, not per request); what they see is at most one round trip old, as it would be by
+        the time it came back anyway."""
+        reading = self._reading.get(model)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read_load(model))
+            self._reading[model] = reading
+            reading.add_done_callback(functools.partial(self._read_done, model))
+        # A caller that leaves (its client went away) leaves the read to the others.
+        return await asyncio.shield(reading)
+
+    def _read_done(self, model: str, reading: asyncio.Future[ModelLoad]) -> None:
+        if self._reading.get(model) is reading:
+            del self._reading[model]
+        if not reading.cancelled():
+            reading.exception()  # retrieved, even when every caller left before it ended
+
+    async def _read_load(self, model: str) -> ModelLoad:
         keys = [
             self.keys.presence(model),
             self.keys.queue_key(model, INTERACTIVE),

@@ -34,6 +34,7 @@ from gateway.cache import ResponseCache
 from gateway.dispatch import Dispatcher
 from gateway.errors import ErrorDialects, install_error_handlers
 from gateway.files import FileStore
+from gateway.hotpath import PredictHotPath, hot_routes
 from gateway.inference import Inference
 from gateway.jobs import JobStore
 from gateway.metrics import Metrics
@@ -102,11 +103,17 @@ def create_app(
     adapters = (openai_compat.router, files.router, batches.router, rerank.router, oip.router)
     for router in (service.router, models.router, jobs.router, *adapters):
         app.include_router(router)
+    predict_routes = {}
     for spec in registry.models:
-        app.include_router(predict.model_router(spec))
+        predict_router = predict.model_router(spec)
+        app.include_router(predict_router)
+        predict_routes[spec.name] = predict_router.routes[-1]
         app.include_router(jobs.model_router(spec))
     app.include_router(predict.classic_router(registry))
     app.include_router(routes.fallback)
+    # Innermost of the gateway's own middlewares: the body limit, API keys and request ids
+    # apply to the predict calls it answers (see gateway.hotpath).
+    app.add_middleware(PredictHotPath, fastapi=app, routes=hot_routes(registry, predict_routes))
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

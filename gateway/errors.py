@@ -252,6 +252,14 @@ async def _on_unexpected(request: Request, err: Exception) -> JSONResponse:
     return _respond(request, GatewayError("internal error; see the gateway's log"))
 
 
+async def render_error(request: Request, err: Exception) -> JSONResponse:
+    """The answer the app's exception handlers give ``err`` (for code that runs outside
+    FastAPI's routing: ``gateway.hotpath``)."""
+    if isinstance(err, GatewayError):
+        return await _on_gateway_error(request, err)
+    return await _on_unexpected(request, err)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _on_gateway_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
