@@ -93,6 +93,8 @@ class Admission:
         self._oldest = conn.register_script(_OLDEST)
         self._last_fingerprint: dict[str, str] = {}
         """Each model's weights as this process last saw its workers serve them."""
+        self.live: dict[str, int] = {}
+        """Each model's live workers, as this process last read them."""
         self._reading: dict[str, asyncio.Future[ModelLoad]] = {}
         """Each model's read of its load now in flight."""
 
@@ -124,6 +126,7 @@ class Admission:
         ]
         async with redis_errors():
             live, depth, fps, bulk = await self._live(keys=keys)
+        self.live[model] = int(live)
         fingerprints = frozenset(f.decode() for f in fps if f)
         if len(fingerprints) == 1:
             self._last_fingerprint[model] = next(iter(fingerprints))

@@ -2,9 +2,10 @@
 
 While a write of a model's work to Redis is in flight, the requests for that model that arrive
 queue up here; when the write ends they go together, as one job of segments (see
-``contract.jobs.group_kwargs``), up to the model's batch size in inputs. A request that finds
-nothing in flight goes at once, alone, as a plain job: the window is the round trip itself, never
-a timer, so a lone caller waits for nothing. What a job costs in Redis commands and in the
+``contract.jobs.group_kwargs``), up to the model's batch size in inputs split among its live
+workers (:func:`group_limit`). A request that finds nothing in flight goes at once, alone, as a
+plain job: the window is the round trip itself, never a timer, so a lone caller waits for
+nothing. What a job costs in Redis commands and in the
 worker's bookkeeping is then paid once per group instead of once per request, while each
 segment keeps its own id, replies, deadline, cache entries and cancel.
 """
@@ -40,6 +41,16 @@ class Entry:
 Send = Callable[[ModelSpec, list["Entry"]], Awaitable[None]]
 """Writes one group of entries for a model (one plain job for a single entry)."""
 
+Limit = Callable[[ModelSpec], int]
+"""The most inputs one group of a model's requests may hold."""
+
+
+def group_limit(max_batch_size: int, live_workers: int) -> int:
+    """Most inputs in one coalesced job: the model's batch split among its live workers, so
+    that a burst of requests becomes a job for each of them (a worker takes a job whole; one
+    job of everything would keep one worker busy and leave the others idle)."""
+    return max(1, -(-max_batch_size // max(1, live_workers)))
+
 
 def take(pending: deque[Entry], max_items: int) -> list[Entry]:
     """The next group from ``pending``, oldest first: the first entry whatever its size, then
@@ -57,8 +68,9 @@ def take(pending: deque[Entry], max_items: int) -> list[Entry]:
 class Coalescer:
     """Groups concurrent sync requests per model and priority, one write in flight at a time."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, limit: Limit | None = None) -> None:
         self._send = send
+        self._limit = limit or (lambda spec: spec.max_batch_size)
         self._pending: dict[tuple[str, str], deque[Entry]] = {}
         self._drains: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.groups = 0
@@ -86,7 +98,7 @@ class Coalescer:
     async def _drain(self, key: tuple[str, str], spec: ModelSpec, pending: deque[Entry]) -> None:
         try:
             while pending:
-                group = take(pending, spec.max_batch_size)
+                group = take(pending, self._limit(spec))
                 if len(group) > 1:
                     group_id = uuid.uuid4().hex
                     for entry in group:

@@ -49,7 +49,7 @@ from contract.jobs import (
 from contract.jobs import queue_key as contract_queue_key
 from contract.redisconn import ReplicaAcks, areplicated
 from gateway.admission import Admission
-from gateway.coalesce import Coalescer, Entry
+from gateway.coalesce import Coalescer, Entry, group_limit
 from gateway.connections import Connections, redis_errors
 from gateway.errors import (
     GatewayError,
@@ -202,7 +202,7 @@ class Dispatcher:
         self._claim = self.conn.register_script(_CLAIM)
         self._delete = self.conn.register_script(_DELETE)
         self._cancel_segment = self.conn.register_script(_CANCEL_SEGMENT)
-        self.coalescer = Coalescer(self._write) if coalesce else None
+        self.coalescer = Coalescer(self._write, self._group_limit) if coalesce else None
         """Groups concurrent sync requests per model into one job (see gateway.coalesce)."""
         self._queues: dict[str, Queue] = {}
         self.withdrawn = 0
@@ -337,6 +337,10 @@ class Dispatcher:
             await self._write(spec, [entry])
         else:
             await self.coalescer.submit(spec, entry)
+
+    def _group_limit(self, spec: ModelSpec) -> int:
+        """A coalesced job's most inputs: the batch split among the live workers last seen."""
+        return group_limit(spec.max_batch_size, self.admission.live.get(spec.name, 1))
 
     async def _write(self, spec: ModelSpec, group: list[Entry]) -> None:
         """Write sync requests' work in one transaction: one plain job for a request alone, one

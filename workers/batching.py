@@ -56,6 +56,7 @@ from workers.policy import (
     BatchPolicy,
     BulkPace,
     LanePolicy,
+    fair_share,
 )
 from workers.replies import Replier
 from workers.tasks import (
@@ -132,6 +133,20 @@ class Batch:
     """Segments of its coalesced jobs whose callers went away before the batch started."""
 
 
+_IN_SIGHT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local idle = 0
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
+  if redis.call('HGET', ARGV[1] .. name, 'state') ~= ARGV[2] then idle = idle + 1 end
+end
+return {redis.call('LLEN', KEYS[1]), idle}
+"""
+"""A lane's queued jobs and its model's live workers (by presence) whose RQ state is not
+busy. The worker hashes' keys are derived in the script (a standalone Redis or Sentinel, not
+Redis Cluster, as the gateway's scripts)."""
+
+
 def _queue_ms(job: Job) -> float:
     if job.enqueued_at is None or job.started_at is None:
         return 0.0
@@ -190,6 +205,7 @@ class BatchingWorker(SimpleWorker):
         self.busy_since: float | None = None
         self.batch_timeout_s = float(policy.timeout_s)
         self.last_batch_items = 0
+        self._sight = self.connection.register_script(_IN_SIGHT)
 
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
         """RQ's birth, and this worker's queues in RQ's queue registry: RQ adds a queue there
@@ -331,7 +347,7 @@ class BatchingWorker(SimpleWorker):
         deadline = time.monotonic() + self.policy.delay_s(self.last_batch_items)
         items = self._items(jobs)
         while (room := size - items) > 0:
-            ids = self._take_ids(queue, room, deadline)
+            ids = self._take_ids(queue, room, deadline, taken=len(jobs))
             if not ids:
                 break
             fetched = self._fetch(queue, ids)
@@ -359,10 +375,12 @@ class BatchingWorker(SimpleWorker):
                 pipe.lpush(queue.key, job.id)
             pipe.execute()
 
-    def _take_ids(self, queue: Queue, room: int, deadline: float) -> list[str]:
+    def _take_ids(
+        self, queue: Queue, room: int, deadline: float, taken: int | None = None
+    ) -> list[str]:
         try:
             with _full_as_refusal():
-                return self._drain_ids(queue, room, deadline)
+                return self._drain_ids(queue, room, deadline, taken)
         except REDIS_REFUSING:
             return []  # ids already moved stay in the intermediate list: the reaper requeues them
 
@@ -382,13 +400,23 @@ class BatchingWorker(SimpleWorker):
                 jobs.append(job)
         return jobs
 
-    def _drain_ids(self, queue: Queue, room: int, deadline: float) -> list[str]:
-        """Move up to ``room`` queued ids to the intermediate list; wait until ``deadline``."""
+    def _drain_ids(
+        self, queue: Queue, room: int, deadline: float, taken: int | None = None
+    ) -> list[str]:
+        """Move up to ``room`` queued ids to the intermediate list; wait until ``deadline``.
+        With ``taken`` (the jobs already in the batch), only this worker's fair share of the
+        queued jobs among its model's idle workers (:func:`workers.policy.fair_share`)."""
         while True:
-            with self.connection.pipeline(transaction=False) as pipe:
-                for _ in range(room):
-                    pipe.lmove(queue.key, queue.intermediate_queue_key)
-                ids = [i.decode() for i in pipe.execute() if i is not None]
+            want = room
+            if taken is not None:
+                queued, idle = self._in_sight(queue)
+                want = min(room, fair_share(queued, taken, idle))
+            ids: list[str] = []
+            if want > 0:
+                with self.connection.pipeline(transaction=False) as pipe:
+                    for _ in range(want):
+                        pipe.lmove(queue.key, queue.intermediate_queue_key)
+                    ids = [i.decode() for i in pipe.execute() if i is not None]
             wait = deadline - time.monotonic()
             if ids or wait <= 0:
                 return ids
@@ -404,6 +432,15 @@ class BatchingWorker(SimpleWorker):
                 round(wait, 2),  # type: ignore[arg-type]
             )
             return [got.decode()] if got is not None else []
+
+    def _in_sight(self, queue: Queue) -> tuple[int, int]:
+        """Jobs in ``queue`` and the model's live workers not running a batch (this one among
+        them: it records itself busy only when its batch starts), in one round trip."""
+        queued, idle = self._sight(
+            keys=[queue.key, self.keys.presence(self.model)],
+            args=[rqadapter.WORKER_KEY_PREFIX, rqadapter.BUSY],
+        )
+        return int(queued), int(idle)
 
     def _start(self, batch: Batch) -> list[Execution]:
         """The batch's jobs STARTED, in one transaction that also reads which segments of its

@@ -67,6 +67,17 @@ class BatchPolicy:
         return self.max_size
 
 
+def fair_share(queued: int, taken: int, idle_workers: int) -> int:
+    """How many more of the ``queued`` jobs a worker gathering a batch (``taken`` already
+    in it) takes, so that the other idle workers of its model get their part: an even split
+    of the work in sight among the idle ones (itself included). A worker that takes all it can
+    while a second one idles makes one batch of everything and leaves a core idle; two even
+    halves keep both busy (README, "Balanced batches"; the gateway's coalescing splits a burst
+    by the same reasoning, ``gateway.coalesce.group_limit``)."""
+    share = -(-(queued + taken) // max(1, idle_workers))  # ceil
+    return max(0, min(queued, share - taken))
+
+
 @dataclass
 class LanePolicy:
     """Which lane comes first for the next batch: interactive, except for a ``bulk_share`` of

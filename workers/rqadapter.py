@@ -16,7 +16,7 @@ from redis import Redis
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.worker import BaseWorker
+from rq.worker import BaseWorker, Worker, WorkerStatus
 
 
 def store_success(
@@ -54,6 +54,13 @@ def fetch_taken(
 ) -> tuple[Job, Queue] | None:
     """RQ's own fetch of a job just moved out of ``queue_key``; None if it expired."""
     return queue_class._fetch_dequeued_job(connection, queue_key, job_id, **options)
+
+
+WORKER_KEY_PREFIX = Worker.redis_worker_namespace_prefix
+"""Where RQ keeps a worker's hash (its ``state`` among the fields): this plus its name."""
+
+BUSY = WorkerStatus.BUSY.value
+"""The ``state`` a worker running a job records."""
 
 
 def order_queues(worker: BaseWorker, queues: list[Queue]) -> None:

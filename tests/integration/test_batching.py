@@ -4,14 +4,20 @@ input fails only its own request, and the models.yaml knobs are honoured."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import uuid
 
 import httpx
 import numpy as np
 import pytest
 from redis import Redis
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
 
 from contract.config import load_registry
-from tests.conftest import PREFIX, Stack
+from contract.jobs import PREDICT_FUNC
+from tests.conftest import PREFIX, Stack, start_worker, wait_until
 from workers.pipelines import build_engine
 
 pytestmark = pytest.mark.integration
@@ -82,3 +88,45 @@ def test_requests_of_several_inputs_never_overfill_a_batch(
     ran = {size: n for size, n in new.items() if n > 0}
     assert sum(size * n for size, n in ran.items()) == 120, ran  # every input ran once
     assert max(ran) <= 16 and max(ran) >= 10, ran  # full batches formed, none overfilled
+
+
+def test_idle_workers_share_a_burst_instead_of_one_taking_it_all(
+    stack: Stack, redis_client: Redis
+) -> None:
+    """Eight jobs land at once on two idle workers of a model: each takes its share. Taking
+    all it could, the first would run 7 or 8 in one batch while the second idled."""
+    workers = [start_worker(stack.redis_url, stack.config, "slowpoke", f"share-{k}") for k in "ab"]
+    try:
+        for w in workers:
+            w.proc.send_signal(signal.SIGSTOP)
+        before = batch_sizes(redis_client, "slowpoke")
+        queue = Queue(f"{PREFIX}:slowpoke", connection=redis_client, serializer=JSONSerializer)
+        jobs = [
+            queue.enqueue(
+                PREDICT_FUNC,
+                kwargs={"inputs": [f"burst text {i}"]},
+                meta={"model": "slowpoke"},
+                result_ttl=60,
+                failure_ttl=60,
+                job_id=uuid.uuid4().hex,
+            )
+            for i in range(8)
+        ]
+        for w in workers:
+            w.proc.send_signal(signal.SIGCONT)
+
+        def done() -> bool:
+            return all(
+                Job.fetch(j.id, connection=redis_client).get_status() == "finished" for j in jobs
+            )
+
+        wait_until(done, 60, "the burst to finish")
+        after = batch_sizes(redis_client, "slowpoke")
+        new = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+        ran = {size: n for size, n in new.items() if n > 0}
+        assert sum(size * n for size, n in ran.items()) == 8, ran
+        assert max(ran) <= 5, ran
+    finally:
+        for w in workers:
+            w.proc.send_signal(signal.SIGCONT)
+            w.stop()

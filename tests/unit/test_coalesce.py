@@ -11,7 +11,7 @@ import pytest
 
 from contract.config import ModelSpec
 from contract.jobs import JobPayload, group_kwargs, inputs_count, segments_of
-from gateway.coalesce import Coalescer, Entry, take
+from gateway.coalesce import Coalescer, Entry, group_limit, take
 
 
 def spec(max_batch_size: int = 8, name: str = "m") -> ModelSpec:
@@ -78,6 +78,28 @@ async def test_requests_arriving_during_a_write_go_together_after_it() -> None:
     assert later[0].group == later[1].group != later[2].group == later[3].group
     assert later[0].group is not None and later[2].group is not None
     assert (coalescer.groups, coalescer.coalesced) == (2, 4)
+
+
+def test_a_group_is_the_batch_split_among_live_workers() -> None:
+    assert group_limit(32, 1) == 32
+    assert group_limit(32, 2) == 16
+    assert group_limit(32, 3) == 11
+    assert group_limit(32, 0) == 32  # none seen yet (a model scaled to zero)
+    assert group_limit(2, 5) == 1
+
+
+async def test_a_burst_becomes_a_job_for_each_live_worker() -> None:
+    writes = Writes()
+    coalescer = Coalescer(writes, lambda s: group_limit(s.max_batch_size, 2))
+    first = asyncio.create_task(coalescer.submit(spec(), Entry("first", payload())))
+    await asyncio.sleep(0)
+    later = [Entry(f"r{i}", payload()) for i in range(8)]
+    tasks = [asyncio.create_task(coalescer.submit(spec(), e)) for e in later]
+    await asyncio.sleep(0)
+    writes.gate.set()
+    await asyncio.gather(first, *tasks)
+    # A batch of 8 between two workers: groups of at most 4.
+    assert writes.groups == [["first"], ["r0", "r1", "r2", "r3"], ["r4", "r5", "r6", "r7"]]
 
 
 async def test_priorities_and_models_never_share_a_job() -> None:
