@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from contract.config import Registry, load_registry
 from contract.jobs import Keys
@@ -103,11 +104,13 @@ def create_app(
     adapters = (openai_compat.router, files.router, batches.router, rerank.router, oip.router)
     for router in (service.router, models.router, jobs.router, *adapters):
         app.include_router(router)
-    predict_routes = {}
+    predict_routes: dict[str, APIRoute] = {}
     for spec in registry.models:
         predict_router = predict.model_router(spec)
         app.include_router(predict_router)
-        predict_routes[spec.name] = predict_router.routes[-1]
+        route = predict_router.routes[-1]
+        assert isinstance(route, APIRoute)
+        predict_routes[spec.name] = route
         app.include_router(jobs.model_router(spec))
     app.include_router(predict.classic_router(registry))
     app.include_router(routes.fallback)

@@ -5,9 +5,9 @@ queue up here; when the write ends they go together, as one job of segments (see
 ``contract.jobs.group_kwargs``), up to the model's batch size in inputs split among its live
 workers (:func:`group_limit`). A request that finds nothing in flight goes at once, alone, as a
 plain job: the window is the round trip itself, never a timer, so a lone caller waits for
-nothing. What a job costs in Redis commands and in the
-worker's bookkeeping is then paid once per group instead of once per request, while each
-segment keeps its own id, replies, deadline, cache entries and cancel.
+nothing. What a job costs in Redis commands and in the worker's bookkeeping is then paid once
+per group instead of once per request, while each segment keeps its own id, replies, deadline,
+cache entries and cancel.
 """
 
 from __future__ import annotations

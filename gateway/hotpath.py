@@ -21,19 +21,19 @@ response model, as FastAPI does, so the bytes are the same.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.config import ModelSpec, Registry
 from gateway.api.predict import run_predict
 from gateway.api.routes import Call
-from gateway.api.schemas import request_model, response_model
 from gateway.errors import render_error
 
 CACHE_CONTROL = b"cache-control"
@@ -48,7 +48,7 @@ class HotRoute:
     spec: ModelSpec
     request: type[BaseModel]
     response: TypeAdapter[Any]
-    route: BaseRoute
+    route: APIRoute
 
 
 def is_json(content_type: bytes | None) -> bool:
@@ -136,14 +136,14 @@ class PredictHotPath:
         return answer
 
 
-def hot_routes(registry: Registry, routes: dict[str, BaseRoute]) -> dict[str, HotRoute]:
-    """By path, each model's predict route: ``routes`` holds the FastAPI route of each."""
-    return {
-        f"/models/{spec.name}/predict": HotRoute(
-            spec,
-            request_model(spec, job=False),
-            TypeAdapter(response_model(spec)),
-            routes[spec.name],
-        )
-        for spec in registry.models
-    }
+def hot_routes(registry: Registry, routes: dict[str, APIRoute]) -> dict[str, HotRoute]:
+    """By path, each model's predict route, with the very request and response models its
+    FastAPI route was built with (``routes``: the route of each model, by name)."""
+    hot = {}
+    for spec in registry.models:
+        route = routes[spec.name]
+        # gateway.api.routes.model_endpoint types its ``body`` parameter with the model's schema.
+        request = inspect.signature(route.endpoint).parameters["body"].annotation
+        response = TypeAdapter(route.response_model)
+        hot[f"/models/{spec.name}/predict"] = HotRoute(spec, request, response, route)
+    return hot
