@@ -52,11 +52,9 @@ class ReplyListener:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._renewed = 0.0
-        self._written: dict[str, float] = {}
-        """When each awaited job was known to be in Redis (``time.monotonic()``): written by
-        this process, or found there when joined (see :meth:`written`)."""
-        self._broken_at: float | None = None
-        """When reading the inbox first failed, until a read succeeds again."""
+        self._written: set[str] = set()
+        """Awaited jobs known to be in Redis: written by this process, or found there when
+        joined (see :meth:`written`)."""
         self.lost = 0
         """Waits ended because their job vanished with a failed Redis (see :meth:`_recheck`)."""
 
@@ -75,7 +73,7 @@ class ReplyListener:
         """``job_id`` and its replies set are in Redis now: from here on, a Redis that loses
         them (a failover) ends its waits at once (see :meth:`_recheck`)."""
         if job_id in self._waiters:
-            self._written.setdefault(job_id, time.monotonic())
+            self._written.add(job_id)
 
     def forget(self, job_id: str, future: asyncio.Future[Reply]) -> None:
         waiters = self._waiters.get(job_id)
@@ -83,7 +81,7 @@ class ReplyListener:
             waiters.discard(future)
             if not waiters:
                 del self._waiters[job_id]
-                self._written.pop(job_id, None)
+                self._written.discard(job_id)
 
     def others_wait(self, job_id: str, future: asyncio.Future[Reply]) -> bool:
         """Whether a request of this process other than ``future``'s waits for ``job_id``."""
@@ -111,21 +109,20 @@ class ReplyListener:
     async def _run(self) -> None:
         last_id = "0-0"
         pause = 0.05
+        broken = False  # reading failed, until a read succeeds again
         while not self._stopping:
             try:
                 # Back from a lost connection: read what is there without blocking, then look
                 # for waits whose job was lost, before blocking again.
-                broken_at = self._broken_at
-                last_id = await self._read(last_id, BLOCK_MS if broken_at is None else None)
+                last_id = await self._read(last_id, None if broken else BLOCK_MS)
                 pause = 0.05
-                if broken_at is not None:
-                    last_id = await self._recheck(last_id, broken_at)
-                    self._broken_at = None
+                if broken:
+                    last_id = await self._recheck(last_id)
+                    broken = False
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as err:
-                if self._broken_at is None:
-                    self._broken_at = time.monotonic()
+                broken = True
                 # Read from the start once back: a new master's entry ids come from its own
                 # clock, which may be behind the old one's. Entries are deleted once read.
                 last_id = "0-0"
@@ -136,7 +133,7 @@ class ReplyListener:
                 log.exception("reply listener failed; restarting it")
                 await asyncio.sleep(pause)
 
-    async def _recheck(self, last_id: str, broken_at: float) -> str:
+    async def _recheck(self, last_id: str) -> str:
         """After the inbox was unreadable: end the waits whose job Redis no longer knows.
 
         A Redis that failed over to a replica has lost the writes it had not passed on yet: a
@@ -144,9 +141,13 @@ class ReplyListener:
         504, seconds later); instead they get 503 ``redis_unavailable`` now, which a client
         retries. A job still unanswered has its replies set (written with the job, deleted in
         the same transaction as its reply), so a wait whose set is gone has either a reply in
-        the inbox, read once more here first, or nothing coming. Only jobs known to be in Redis
-        before the failure are checked: a newer one may not be written yet."""
-        waiting = [j for j, at in self._written.items() if at < broken_at]
+        the inbox, read once more here first, or nothing coming.
+
+        Every wait whose job is known to be written is checked, whenever it was written: a write
+        the old master acknowledged just before it died may reach its caller after this reader
+        saw the connection fail (the caller resumes a step later), and a write made since, to
+        the new master, is there to be found (or has replied, and its reply is read here)."""
+        waiting = list(self._written)
         if not waiting:
             return last_id
         pipe = self.client.pipeline(transaction=False)
@@ -194,7 +195,7 @@ class ReplyListener:
 
     def _deliver(self, reply: Reply) -> None:
         waiters = self._waiters.pop(reply.job_id, None)
-        self._written.pop(reply.job_id, None)
+        self._written.discard(reply.job_id)
         if not waiters:
             self._unclaimed[reply.job_id] = reply
             while len(self._unclaimed) > UNCLAIMED_KEEP:

@@ -44,6 +44,9 @@ class Tally:
     unended: dict[str, str] = field(default_factory=dict)
     timeline: list[tuple[float, bool]] = field(default_factory=list)
     """When each answer came (``time.monotonic()``) and whether it was the success asked for."""
+    started: float = field(default_factory=time.monotonic)
+    messages: list[str] = field(default_factory=list)
+    """The first failures' error messages (a 504's names its job), for the report."""
 
     def failing_between(self, start: float) -> tuple[float, float] | None:
         """The first and last failed answer at or after ``start``, if any."""
@@ -56,9 +59,13 @@ class Tally:
             self.succeeded += 1
             return
         try:
-            code = response.json()["error"]["code"]
+            error = response.json()["error"]
+            code = error["code"]
         except (ValueError, KeyError, TypeError):
-            code = "<no error body>"
+            error, code = {}, "<no error body>"
+        if len(self.messages) < 20 and code != "redis_unavailable":
+            at = time.monotonic() - self.started
+            self.messages.append(f"{at:5.1f} s  {code}: {error.get('message', '')}")
         label = f"{response.status_code} {code}"
         documented = code in DOCUMENTED.get(response.status_code, ())
         if response.status_code in (429, 503) and "retry-after" not in response.headers:
@@ -75,6 +82,7 @@ class Tally:
                 "unexpected": dict(self.unexpected),
                 "lost": sum(self.lost.values()),
                 "lost_by_exception": dict(self.lost),
+                "messages": self.messages,
             },
             "async_jobs": {
                 "submitted": len(self.jobs),

@@ -48,7 +48,7 @@ from contract.recent import Tally
 from contract.redisconn import ReplicaAcks, replicated
 from workers import rqadapter
 from workers.chunks import RedisChunks
-from workers.lanes import LaneQueue
+from workers.lanes import REDIS_DOWN, LaneQueue, TakenUnread, give_back
 from workers.policy import (
     BULK_LINGER_S,
     LINGER_S,
@@ -79,9 +79,6 @@ HEARTBEAT_EVERY_S = 1.0
 
 POLL_INTERVAL_S = 0.0005
 """Poll step while a batch waits ``max_batch_delay_ms`` for more jobs."""
-
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-"""What a Redis restart or outage raises. RQ's work loop quits on these outside its dequeue."""
 
 
 class RedisFull(Exception):
@@ -162,7 +159,7 @@ class BatchingWorker(SimpleWorker):
     """A SimpleWorker (no fork: the preloaded model stays) that executes jobs in batches."""
 
     # RQ backs off up to 60 s between reconnects; come back within seconds of Redis returning.
-    max_connection_wait_time = 2.0
+    max_connection_wait_time = 1.0
 
     def __init__(
         self,
@@ -278,6 +275,8 @@ class BatchingWorker(SimpleWorker):
             except RedisFull as err:
                 self.log.warning("cannot take jobs, Redis is full; retrying in 1 s: %s", err)
                 time.sleep(1.0)
+            except TakenUnread as err:
+                self._give_back(err.queue_key, [err.job_id])
 
     def _install_signal_handlers(self) -> None:
         # Under `modelgate up` the terminal's Ctrl-C reaches the whole process group; the
@@ -365,15 +364,15 @@ class BatchingWorker(SimpleWorker):
     def _put_back(self, queue: Queue, jobs: list[Job]) -> None:
         """Return taken jobs to the head of ``queue``, in their order, atomically (a worker
         killed meanwhile leaves them in the intermediate list, where the reaper finds them)."""
-        with (
-            contextlib.suppress(*REDIS_REFUSING),
-            _full_as_refusal(),
-            self.connection.pipeline() as pipe,
-        ):
-            for job in reversed(jobs):
-                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-                pipe.lpush(queue.key, job.id)
-            pipe.execute()
+        self._give_back(queue.key, [job.id for job in jobs])
+
+    def _give_back(self, queue_key: str, ids: list[str]) -> None:
+        """:func:`workers.lanes.give_back` once Redis answers; after :data:`REDIS_RETRY_S`
+        without it, the jobs are left to the reaper."""
+        try:
+            self._retrying(lambda: give_back(self.connection, queue_key, ids))
+        except REDIS_REFUSING as err:
+            self.log.error("%d taken job(s) left to the reaper, Redis refused: %s", len(ids), err)
 
     def _take_ids(
         self, queue: Queue, room: int, deadline: float, taken: int | None = None
@@ -386,16 +385,20 @@ class BatchingWorker(SimpleWorker):
 
     def _fetch(self, queue: Queue, ids: list[str]) -> list[Job] | None:
         """The jobs of ``ids`` taken from ``queue``, less those gone or canceled meanwhile;
-        None if Redis is away (the ids stay in the intermediate list: the reaper requeues them)."""
+        None if Redis went away since the take: then they go back to the queue once it answers
+        (a failover a sync caller outlives must not leave them to the reaper)."""
         try:
             fetched = Job.fetch_many(ids, connection=self.connection, serializer=self.serializer)
         except REDIS_DOWN:
+            self._give_back(queue.key, ids)
             return None
         jobs = []
         for job_id, job in zip(ids, fetched, strict=True):
             if job is None or job.get_status(refresh=False) == JobStatus.CANCELED:
-                # Expired, deleted or canceled while queued: drop it, never run it.
-                self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
+                # Expired, deleted or canceled while queued: drop it, never run it (if Redis
+                # is away, the reaper requeues it, and whoever takes it next drops it).
+                with contextlib.suppress(*REDIS_REFUSING), _full_as_refusal():
+                    self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
             else:
                 jobs.append(job)
         return jobs

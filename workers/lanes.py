@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import redis.exceptions
 from redis import Redis
 from rq.exceptions import DequeueTimeout
 from rq.intermediate_queue import IntermediateQueue
@@ -32,6 +33,38 @@ BLOCK_S = 0.25
 
 POLL_S = 0.0005
 """Poll step while lingering (Redis's blocking timeouts are too coarse for milliseconds)."""
+
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+"""What a Redis restart, outage or failover raises."""
+
+_GIVE_BACK = """
+for i = #ARGV, 1, -1 do
+  if redis.call('LREM', KEYS[2], 1, ARGV[i]) == 1 then
+    redis.call('LPUSH', KEYS[1], ARGV[i])
+  end
+end
+"""
+
+
+def give_back(connection: Redis, queue_key: str, job_ids: list[str]) -> None:
+    """Return jobs taken from ``queue_key`` (moved into its intermediate list) and not started
+    to the head of the queue, in their order, in one step. Only those still in the intermediate
+    list go back: after a failover the new master may lack the take (the job is then still
+    queued, and pushing it again would run it twice), or the reaper may have requeued it."""
+    if job_ids:
+        intermediate = IntermediateQueue.get_intermediate_queue_key(queue_key)
+        connection.eval(_GIVE_BACK, 2, queue_key, intermediate, *job_ids)
+
+
+class TakenUnread(Exception):
+    """Redis went away between taking a job and reading it: the job waits in the intermediate
+    list for its worker to give it back (:func:`give_back`) once Redis answers, instead of for
+    the reaper (seconds, past a sync caller's deadline)."""
+
+    def __init__(self, queue_key: str, job_id: str) -> None:
+        super().__init__(f"job {job_id} taken from {queue_key} but not read: Redis went away")
+        self.queue_key = queue_key
+        self.job_id = job_id
 
 
 class LaneQueue(Queue):
@@ -56,15 +89,18 @@ class LaneQueue(Queue):
             taken = cls._take(ordered, timeout, connection)
             if taken is None:
                 return None
-            found = rqadapter.fetch_taken(
-                cls,
-                connection,
-                taken[0],
-                taken[1],
-                job_class=job_class,
-                serializer=serializer,
-                death_penalty_class=death_penalty_class,
-            )
+            try:
+                found = rqadapter.fetch_taken(
+                    cls,
+                    connection,
+                    taken[0],
+                    taken[1],
+                    job_class=job_class,
+                    serializer=serializer,
+                    death_penalty_class=death_penalty_class,
+                )
+            except REDIS_DOWN as err:
+                raise TakenUnread(*taken) from err
             if found is not None:  # None: the job expired while queued; take the next
                 return found
 
