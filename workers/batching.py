@@ -346,7 +346,7 @@ class BatchingWorker(SimpleWorker):
         deadline = time.monotonic() + self.policy.delay_s(self.last_batch_items)
         items = self._items(jobs)
         while (room := size - items) > 0:
-            ids = self._take_ids(queue, room, deadline, taken=len(jobs))
+            ids, share_taken = self._take_ids(queue, room, deadline, taken=len(jobs))
             if not ids:
                 break
             fetched = self._fetch(queue, ids)
@@ -359,6 +359,8 @@ class BatchingWorker(SimpleWorker):
                     return jobs
                 jobs.append(job)
                 items += more
+            if share_taken:
+                break
         return jobs
 
     def _put_back(self, queue: Queue, jobs: list[Job]) -> None:
@@ -376,12 +378,14 @@ class BatchingWorker(SimpleWorker):
 
     def _take_ids(
         self, queue: Queue, room: int, deadline: float, taken: int | None = None
-    ) -> list[str]:
+    ) -> tuple[list[str], bool]:
         try:
             with _full_as_refusal():
                 return self._drain_ids(queue, room, deadline, taken)
         except REDIS_REFUSING:
-            return []  # ids already moved stay in the intermediate list: the reaper requeues them
+            # Ids moved by a command whose reply was lost stay in the intermediate list: the
+            # reaper requeues them.
+            return [], True
 
     def _fetch(self, queue: Queue, ids: list[str]) -> list[Job] | None:
         """The jobs of ``ids`` taken from ``queue``, less those gone or canceled meanwhile;
@@ -405,24 +409,24 @@ class BatchingWorker(SimpleWorker):
 
     def _drain_ids(
         self, queue: Queue, room: int, deadline: float, taken: int | None = None
-    ) -> list[str]:
+    ) -> tuple[list[str], bool]:
         """Move up to ``room`` queued ids to the intermediate list; wait until ``deadline``.
         With ``taken`` (the jobs already in the batch), only this worker's fair share of the
-        queued jobs among its model's idle workers (:func:`workers.policy.fair_share`)."""
+        queued jobs among its model's idle workers (:func:`workers.policy.fair_share`). Also
+        whether the batch is complete: the share, not the room or the queue, bounded the take
+        (what is left is the other idle workers'; looking again, a worker would take it once
+        they start their own batches, and make one batch of most of a burst after all)."""
         while True:
             want = room
             if taken is not None:
                 queued, idle = self._in_sight(queue)
                 want = min(room, fair_share(queued, taken, idle))
-            ids: list[str] = []
-            if want > 0:
-                with self.connection.pipeline(transaction=False) as pipe:
-                    for _ in range(want):
-                        pipe.lmove(queue.key, queue.intermediate_queue_key)
-                    ids = [i.decode() for i in pipe.execute() if i is not None]
+                if want < min(room, queued):
+                    return self._move(queue, want), True
+            ids = self._move(queue, want)
             wait = deadline - time.monotonic()
             if ids or wait <= 0:
-                return ids
+                return ids, False
             if wait < BLOCKING_WAIT_MIN_S:
                 # Redis checks blocking timeouts on its 100 ms timer, and truncates timeouts under
                 # 1 ms to "forever": short waits poll instead.
@@ -434,7 +438,16 @@ class BatchingWorker(SimpleWorker):
                 queue.intermediate_queue_key,
                 round(wait, 2),  # type: ignore[arg-type]
             )
-            return [got.decode()] if got is not None else []
+            return ([got.decode()] if got is not None else []), False
+
+    def _move(self, queue: Queue, count: int) -> list[str]:
+        """Up to ``count`` queued ids moved to the intermediate list, in one round trip."""
+        if count <= 0:
+            return []
+        with self.connection.pipeline(transaction=False) as pipe:
+            for _ in range(count):
+                pipe.lmove(queue.key, queue.intermediate_queue_key)
+            return [i.decode() for i in pipe.execute() if i is not None]
 
     def _in_sight(self, queue: Queue) -> tuple[int, int]:
         """Jobs in ``queue`` and the model's live workers not running a batch (this one among
@@ -645,7 +658,7 @@ class BatchingWorker(SimpleWorker):
         lane = self.interactive
         if size <= 0:
             return []
-        ids = self._take_ids(lane, 1, getattr(lane, "linger_until", 0.0))
+        ids, _ = self._take_ids(lane, 1, getattr(lane, "linger_until", 0.0))
         if not ids:
             return []
         self.interactive_at = time.monotonic()
