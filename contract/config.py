@@ -78,6 +78,10 @@ class ModelSpec(_Strict):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     pooling: Literal["mean", "cls"] = "mean"
     max_batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
+    max_batch_tokens: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    """The most tokens one forward pass computes, padding included (inputs x the longest);
+    a batch over it runs in length-sorted passes under it. Unset: by device
+    (``workers.policy.token_budget``); 0: none, the item count alone."""
     max_batch_delay_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     max_inputs: Annotated[int, Field(gt=0, le=100_000)] = 64

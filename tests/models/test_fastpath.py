@@ -118,3 +118,38 @@ def test_unknown_parameter_and_empty_batch(minilm_fast: Engine) -> None:
     with pytest.raises(ValueError, match="not accepted by feature-extraction: top_k"):
         minilm_fast(["x"], {"top_k": 1})
     assert minilm_fast([], {}) == []
+
+
+def passes_of(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The inputs of each forward pass ``engine`` makes from now on."""
+    seen: list[list[str]] = []
+    forward = engine._forward  # type: ignore[attr-defined]
+
+    def spy(items: list[str], params: dict[str, object]) -> object:
+        seen.append(list(items))
+        return forward(items, params)
+
+    monkeypatch.setattr(engine, "_forward", spy)
+    return seen
+
+
+def test_a_token_budget_changes_the_passes_never_an_output(
+    minilm_pipeline: PipelineEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_batch_tokens 256: short queries go through together, each long passage in a pass of
+    its own (within the budget, padding counted); every embedding stays the pipeline's. With
+    0, no budget: one pass of everything."""
+    passage = "the market rose sharply after the report on the river bridge " * 12
+    texts = ["quick search", passage, "password reset", f"{passage} again", "weather"]
+    budgeted = build_engine(minilm_spec(max_batch_tokens=256))
+    seen = passes_of(budgeted, monkeypatch)
+    got = budgeted(texts, {})
+    assert max_abs_diff(got, minilm_pipeline(texts, {})) <= FP32_TOL
+    assert seen == [["weather", "quick search", "password reset"], [passage], [f"{passage} again"]]
+    for chunk in seen:
+        lengths = budgeted.count_tokens(list(chunk))
+        assert len(chunk) * max(lengths) <= 256 or len(chunk) == 1
+    unbudgeted = build_engine(minilm_spec(max_batch_tokens=0))
+    seen = passes_of(unbudgeted, monkeypatch)
+    assert max_abs_diff(unbudgeted(texts, {}), got) <= FP32_TOL
+    assert seen == [texts]

@@ -122,6 +122,20 @@ def test_zero_shot_batches_requests_with_different_labels_together(
     same(together, [engine(SENTENCES[:2], a), engine(SENTENCES[2:], b)])
 
 
+def test_zero_shot_under_a_token_budget_answers_the_same(
+    engines: dict[str, Engine], model_dirs: dict[str, Path]
+) -> None:
+    """Premise-hypothesis pairs in passes of at most 40 tokens: the same scores."""
+    spec = task_spec(
+        "zero-shot-classification", model_dirs["zero-shot-classification"], max_batch_tokens=40
+    )
+    params = {"candidate_labels": ["a", "b", "c"], "multi_label": True}
+    same(
+        build_engine(spec)(SENTENCES, params),
+        engines["zero-shot-classification"](SENTENCES, params),
+    )
+
+
 @pytest.mark.parametrize(
     "params",
     [{}, {"top_k": 2}, {"targets": ["london", "paris"]}, {"targets": ["city"], "top_k": 1}],

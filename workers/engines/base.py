@@ -1,5 +1,6 @@
 """What every task engine shares: loading a tokenizer and a model on one device, the token
-limit and the too-long check, batching inputs in length-sorted chunks, pooling, and warm-up.
+limit and the too-long check, running a batch in the passes the batching policy chooses
+(length-sorted, under the item count and the token budget), pooling, and warm-up.
 
 A task is a subclass in its own module that names its model class (``auto_class``) and says how
 one chunk of items becomes rows (``_forward``) and rows become outputs (``_outputs``), or, for
@@ -24,6 +25,7 @@ from transformers import AutoTokenizer, Pipeline, pipeline
 
 from contract.config import ModelSpec
 from contract.tasks import TASKS, TOKEN_IDS, Item, item_chars
+from workers.policy import forward_chunks, token_budget
 from workers.runtime import ExportedModel, exported
 from workers.tasks import Group, InputTooLong, Runner
 
@@ -68,21 +70,31 @@ def mean_pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
-def sorted_chunks(
-    entries: Sequence[Any],
-    size: int,
-    length: Callable[[Any], int],
-    forward: Callable[[list[Any]], torch.Tensor],
+def run_passes(
+    entries: Sequence[Any], passes: list[list[int]], forward: Callable[[list[Any]], torch.Tensor]
 ) -> torch.Tensor:
-    """``forward`` over chunks of at most ``size`` entries of similar ``length`` (chunks of
-    similar length waste less compute on padding); the rows come back in entry order."""
-    if len(entries) <= size:
-        return forward(list(entries))
-    order = sorted(range(len(entries)), key=lambda i: length(entries[i]))
-    chunks = [order[k : k + size] for k in range(0, len(order), size)]
-    rows = torch.cat([forward([entries[i] for i in c]) for c in chunks])
+    """``forward`` over each pass (indices into ``entries``, as
+    :func:`workers.policy.forward_chunks` makes them); the rows come back in entry order."""
+    if len(passes) == 1:
+        return forward([entries[i] for i in passes[0]])
+    order = [i for chunk in passes for i in chunk]
+    rows = torch.cat([forward([entries[i] for i in chunk]) for chunk in passes])
     restore = torch.tensor(order).argsort()
     return rows[restore.to(rows.device)]
+
+
+def token_bound(item: Item, by_chars: bool) -> int:
+    """A cheap ceiling on the tokens a tokenizer makes of ``item``, special tokens included:
+    WordPiece (``by_chars``) makes at most one a character, byte-level BPE at most one a byte of
+    UTF-8 (SentencePiece about that). A batch within the budget at this ceiling needs no count;
+    a ceiling too low only lets one pass exceed the budget, it never changes an output."""
+    if isinstance(item, str):
+        texts = [item]
+    elif isinstance(item.get(TOKEN_IDS), list):
+        return len(item[TOKEN_IDS])
+    else:
+        texts = [v for v in item.values() if isinstance(v, str)]
+    return sum(len(t) if by_chars else len(t.encode()) for t in texts) + 4
 
 
 def check_lengths(tokenizer: Any, texts: list[str], name: str, limit: int) -> None:
@@ -163,6 +175,10 @@ class TaskEngine:
             )
         self.config: Any = self._model.config
         self._max_tokens = token_limit(self.tokenizer, self.config)
+        self.budget = token_budget(spec.max_batch_tokens, device)
+        """Most tokens a forward pass computes, padding included (None: no budget)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        self._by_chars = type(getattr(backend, "model", None)).__name__ == "WordPiece"
         # Pipelines truncate at the tokenizer's maximum: make it the one the model really takes.
         self.tokenizer.model_max_length = self._max_tokens
         self._loaded()
@@ -209,10 +225,30 @@ class TaskEngine:
         return self._outputs(self._rows(items, params), items, params)
 
     def _rows(self, items: list[Item], params: dict[str, Any]) -> torch.Tensor:
-        """One float32 row per item, in item order, from length-sorted chunks of
-        ``max_batch_size``."""
-        size = self.spec.max_batch_size
-        return sorted_chunks(items, size, item_chars, lambda chunk: self._forward(chunk, params))
+        """One float32 row per item, in item order (see :meth:`in_passes`)."""
+        return self.in_passes(items, items, lambda chunk: self._forward(chunk, params))
+
+    def in_passes(
+        self,
+        entries: Sequence[Any],
+        items: Sequence[Item],
+        forward: Callable[[list[Any]], torch.Tensor],
+    ) -> torch.Tensor:
+        """``forward`` over ``entries`` (one per item of ``items``, which says how long each
+        is) in the passes :func:`workers.policy.forward_chunks` chooses under
+        ``max_batch_size`` and the token budget (``max_batch_tokens``); rows in entry order."""
+        return run_passes(entries, self._passes(items), forward)
+
+    def _passes(self, items: Sequence[Item]) -> list[list[int]]:
+        """Sorted by characters (enough to sort by, and free) unless the token budget may bind,
+        then by tokens (one tokenizer call, for that batch only) under the budget."""
+        size, budget = self.spec.max_batch_size, self.budget
+        if budget is not None and items:
+            cap = self.max_tokens if self.spec.truncation else NO_LIMIT
+            ceiling = max(min(token_bound(item, self._by_chars), cap) for item in items)
+            if len(items) * ceiling > budget:
+                return forward_chunks(self.count_tokens(list(items)), size, budget)
+        return forward_chunks([item_chars(item) for item in items], size)
 
     def _forward(self, items: list[Item], params: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError

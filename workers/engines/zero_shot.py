@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from contract.tasks import Item, ZeroShotParams, hypothesis
-from workers.engines.base import sorted_chunks
 from workers.engines.classification import SequenceScorer
 from workers.tasks import Group
 
@@ -68,8 +67,8 @@ class ZeroShotEngine(SequenceScorer):
             premises, hypotheses = (list(side) for side in zip(*chunk, strict=True))
             return self.logits(self.encode(premises, hypotheses, strategy="only_first"))
 
-        size = self.spec.max_batch_size
-        return sorted_chunks(pairs, size, lambda pair: len(pair[0]) + len(pair[1]), forward)
+        items = [{"text": premise, "text_pair": hyp} for premise, hyp in pairs]
+        return self.in_passes(pairs, items, forward)
 
     def _scores(
         self, text: str, labels: list[str], logits: np.ndarray, params: dict[str, Any]
